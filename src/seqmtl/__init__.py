@@ -1,0 +1,1 @@
+"""Sequential multi-task learning with one unified head."""

@@ -1,0 +1,244 @@
+"""Readers of the official layouts and the three task datasets, decoded once and kept in memory.
+
+Every sample's image is a float tensor in [0, 1] of shape (3, S, S); normalisation belongs to the
+backbone. Training samples pass through torchvision.transforms.v2 so masks and boxes follow the
+image; validation samples are only resized, and keep what is needed to score them at the original
+resolution (the mask, or the original size for boxes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from seqmtl.synthetic import VOC_CLASSES
+
+TASKS = ("seg", "det", "cls")
+__all__ = ["TASKS", "VOC_CLASSES", "DataError", "build_dataset", "class_names", "collate"]
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the offending file or folder."""
+
+
+def read_image(path: Path) -> Image.Image:
+    """Decode an image fully (truncated or corrupt files raise DataError naming the file)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB") if image.mode != "P" else image.copy()
+    except FileNotFoundError as error:
+        raise DataError(f"{path}: file not found") from error
+    except OSError as error:
+        raise DataError(f"{path}: cannot decode image ({error})") from error
+
+
+def read_split_list(voc: Path, split: str) -> list[str]:
+    """Image ids of a VOC ImageSets/Segmentation/<split>.txt list."""
+    path = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not path.is_file():
+        raise DataError(f"{path}: missing VOC split list")
+    return path.read_text().split()
+
+
+def load_coco(path: Path) -> dict[str, Any]:
+    """A COCO instances JSON, checked for its images / annotations / categories lists."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing COCO annotation file")
+    try:
+        coco = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(coco, dict) or not all(
+        isinstance(coco.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise DataError(
+            f"{path}: not a COCO instances file (needs images, annotations, categories)"
+        )
+    return coco
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The sorted class sub-folders of an ImageFolder-style split."""
+    if not root.is_dir():
+        raise DataError(f"{root}: missing class-folder split")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise DataError(f"{root}: no class folders")
+    return folders
+
+
+def class_names(mini: Path) -> dict[str, list[str]]:
+    """Class names of each task, read from the mini layouts."""
+    categories = load_coco(mini / "det" / "annotations" / "instances_train.json")["categories"]
+    return {
+        "seg": list(VOC_CLASSES),
+        "det": [c["name"] for c in categories],
+        "cls": [p.name for p in class_folders(mini / "cls" / "train")],
+    }
+
+
+def _resized(image: Image.Image, size: int) -> Tensor:
+    """(3, size, size) uint8 tensor of a bilinear (antialiased) resize."""
+    return F.pil_to_tensor(image.resize((size, size), Image.BILINEAR))
+
+
+class TaskDataset(Dataset):
+    """Base: `images` is a uint8 (N, 3, S, S) cache filled once; subclasses add targets."""
+
+    task: str
+
+    def __init__(self, size: int, train: bool) -> None:
+        self.size = size
+        self.train = train
+        self.images: Tensor = torch.empty(0, 3, size, size, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def augment(self) -> Callable:
+        """Random flip and scale crop shared by all tasks (masks and boxes follow)."""
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(self.size, scale=(0.5, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
+
+
+class SegDataset(TaskDataset):
+    """VOC2012 segmentation: image + mask (255 = ignore); val keeps the original-size masks."""
+
+    task = "seg"
+
+    def __init__(self, voc: Path, split: str, size: int, train: bool) -> None:
+        super().__init__(size, train)
+        self.ids = read_split_list(voc, split)
+        images, masks, self.original_masks = [], [], []
+        for name in self.ids:
+            image = read_image(voc / "JPEGImages" / f"{name}.jpg")
+            mask_path = voc / "SegmentationClass" / f"{name}.png"
+            mask = read_image(mask_path)
+            if mask.mode not in ("P", "L"):
+                raise DataError(f"{mask_path}: mask must be a palette or grey PNG, got {mask.mode}")
+            if mask.size != image.size:
+                raise DataError(
+                    f"{mask_path}: mask size {mask.size} differs from image {image.size}"
+                )
+            images.append(_resized(image, size))
+            masks.append(torch.from_numpy(np.array(mask.resize((size, size), Image.NEAREST))))
+            self.original_masks.append(torch.from_numpy(np.array(mask, dtype=np.uint8)))
+        self.images = torch.stack(images) if images else self.images
+        self.masks = torch.stack(masks) if masks else torch.empty(0, size, size, dtype=torch.uint8)
+        self.transform = self.augment() if train else None
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
+        image, mask = tv_tensors.Image(self.images[i]), tv_tensors.Mask(self.masks[i])
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return F.to_dtype(image, torch.float32, scale=True), {"mask": mask.long(), "index": i}
+
+
+class DetDataset(TaskDataset):
+    """COCO-format detection: image + xyxy boxes (resized coordinates) + contiguous labels."""
+
+    task = "det"
+
+    def __init__(self, root: Path, split: str, size: int, train: bool) -> None:
+        super().__init__(size, train)
+        self.annotation_file = root / "annotations" / f"instances_{split}.json"
+        coco = load_coco(self.annotation_file)
+        self.category_ids = [c["id"] for c in coco["categories"]]
+        label_of = {cid: k for k, cid in enumerate(self.category_ids)}
+        per_image: dict[int, list] = {i["id"]: [] for i in coco["images"]}
+        for a in coco["annotations"]:
+            if a.get("image_id") not in per_image:
+                raise DataError(
+                    f"{self.annotation_file}: annotation {a.get('id')} refers to unknown image "
+                    f"{a.get('image_id')}"
+                )
+            if not a.get("iscrowd", 0) and a["category_id"] in label_of:
+                per_image[a["image_id"]].append(a)
+        images, self.boxes, self.labels, self.image_ids, self.original_sizes = [], [], [], [], []
+        for info in coco["images"]:
+            image = read_image(root / split / info["file_name"])
+            w, h = image.size
+            images.append(_resized(image, size))
+            xywh = torch.tensor([a["bbox"] for a in per_image[info["id"]]], dtype=torch.float32)
+            xyxy = (
+                torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+                if len(xywh)
+                else torch.zeros(0, 4)
+            )
+            self.boxes.append(xyxy * torch.tensor([size / w, size / h, size / w, size / h]))
+            self.labels.append(
+                torch.tensor(
+                    [label_of[a["category_id"]] for a in per_image[info["id"]]], dtype=torch.long
+                )
+            )
+            self.image_ids.append(info["id"])
+            self.original_sizes.append((h, w))
+        self.images = torch.stack(images) if images else self.images
+        self.transform = v2.Compose([self.augment(), v2.SanitizeBoundingBoxes()]) if train else None
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Any]]:
+        image = tv_tensors.Image(self.images[i])
+        boxes = tv_tensors.BoundingBoxes(self.boxes[i], format="XYXY", canvas_size=(self.size,) * 2)
+        target = {"boxes": boxes, "labels": self.labels[i]}
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return F.to_dtype(image, torch.float32, scale=True), {
+            "boxes": target["boxes"].as_subclass(Tensor),
+            "labels": target["labels"],
+            "index": i,
+        }
+
+
+class ClsDataset(TaskDataset):
+    """Imagenette-style class folders: image + class index."""
+
+    task = "cls"
+
+    def __init__(self, root: Path, split: str, size: int, train: bool) -> None:
+        super().__init__(size, train)
+        images, labels = [], []
+        for label, folder in enumerate(class_folders(root / split)):
+            for path in sorted(folder.glob("*.JPEG")):
+                images.append(_resized(read_image(path), size))
+                labels.append(label)
+        self.images = torch.stack(images) if images else self.images
+        self.labels = torch.tensor(labels, dtype=torch.long)
+        self.transform = self.augment() if train else None
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Any]]:
+        image = tv_tensors.Image(self.images[i])
+        if self.transform is not None:
+            image = self.transform(image)
+        return F.to_dtype(image, torch.float32, scale=True), {"label": self.labels[i], "index": i}
+
+
+def build_dataset(mini: Path, task: str, split: str, size: int, train: bool) -> TaskDataset:
+    """The mini dataset of `task` ("seg", "det", "cls") for `split`, resized to size x size."""
+    if task == "seg":
+        return SegDataset(mini / "seg", split, size, train)
+    if task == "det":
+        return DetDataset(mini / "det", split, size, train)
+    if task == "cls":
+        return ClsDataset(mini / "cls", split, size, train)
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+def collate(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict[str, Any]]]:
+    """Stack images; keep per-sample targets as a list (boxes differ in count)."""
+    return torch.stack([image for image, _ in batch]), [target for _, target in batch]

@@ -1,0 +1,132 @@
+"""Seeded selection of the mini datasets from the raw official layouts.
+
+The mini layouts are the official ones again, so one reader serves raw and mini data:
+seg/ is a VOC2012 folder, det/ holds train/, val/ and annotations/instances_{split}.json,
+cls/ holds {train,val}/<wnid>/ folders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from seqmtl.data import VOC_CLASSES, DataError, class_folders, load_coco, read_split_list
+from seqmtl.files import atomic_dir
+
+log = logging.getLogger(__name__)
+
+
+def _take(rng: np.random.Generator, items: list, n: int, what: str) -> list:
+    """n items drawn without replacement (sorted input, so the draw depends on the seed only)."""
+    if len(items) < n:
+        log.warning("%s: only %d eligible images, %d asked; taking all", what, len(items), n)
+        n = len(items)
+    return [items[i] for i in sorted(rng.choice(len(items), size=n, replace=False))]
+
+
+def subsample_seg(src: Path, dst: Path, rng: np.random.Generator, n_train: int, n_val: int) -> dict:
+    """Copy n_train / n_val VOC images with their masks; return counts and images per class."""
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (dst / sub).mkdir(parents=True)
+    stats = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        ids = _take(rng, sorted(read_split_list(src, split)), n, f"seg {split}")
+        histogram: Counter = Counter()
+        for name in ids:
+            shutil.copyfile(src / "JPEGImages" / f"{name}.jpg", dst / "JPEGImages" / f"{name}.jpg")
+            mask_path = src / "SegmentationClass" / f"{name}.png"
+            shutil.copyfile(mask_path, dst / "SegmentationClass" / f"{name}.png")
+            values = np.unique(np.asarray(Image.open(mask_path)))
+            histogram.update(VOC_CLASSES[v] for v in values if v < len(VOC_CLASSES))
+        (dst / "ImageSets" / "Segmentation" / f"{split}.txt").write_text(
+            "".join(f"{n}\n" for n in ids)
+        )
+        stats[split] = {"images": len(ids), "images_per_class": dict(sorted(histogram.items()))}
+    return stats
+
+
+def subsample_det(
+    src: Path, dst: Path, rng: np.random.Generator, n_train: int, n_val: int, class_names: list[str]
+) -> dict:
+    """Split COCO val2017 images holding >= 1 object of `class_names` into mini train / val."""
+    coco = load_coco(src / "annotations" / "instances_val2017.json")
+    by_name = {c["name"]: c for c in coco["categories"]}
+    missing = [n for n in class_names if n not in by_name]
+    if missing:
+        raise DataError(f"subsample.det_classes: {missing} are not COCO categories in {src}")
+    keep = {by_name[n]["id"] for n in class_names}
+    annotations = [a for a in coco["annotations"] if a["category_id"] in keep]
+    eligible = sorted({a["image_id"] for a in annotations})
+    chosen = _take(rng, eligible, n_train + n_val, "det train+val")
+    n_train = round(len(chosen) * n_train / (n_train + n_val))
+    images = {i["id"]: i for i in coco["images"]}
+    categories = [by_name[n] for n in class_names]
+    (dst / "annotations").mkdir(parents=True)
+    stats = {}
+    for split, ids in (("train", chosen[:n_train]), ("val", chosen[n_train:])):
+        (dst / split).mkdir()
+        wanted = set(ids)
+        split_annotations = [a for a in annotations if a["image_id"] in wanted]
+        for image_id in ids:
+            name = images[image_id]["file_name"]
+            shutil.copyfile(src / "val2017" / name, dst / split / name)
+        mini = {
+            "images": [images[i] for i in ids],
+            "annotations": split_annotations,
+            "categories": categories,
+        }
+        (dst / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps(mini, sort_keys=True)
+        )
+        names = {c["id"]: c["name"] for c in categories}
+        histogram = Counter(names[a["category_id"]] for a in split_annotations)
+        stats[split] = {
+            "images": len(ids),
+            "boxes": len(split_annotations),
+            "boxes_per_class": dict(sorted(histogram.items())),
+        }
+    return stats
+
+
+def subsample_cls(src: Path, dst: Path, rng: np.random.Generator, n_train: int, n_val: int) -> dict:
+    """Class-balanced selection of n_train / n_val images from the Imagenette class folders."""
+    stats = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        folders = class_folders(src / split)
+        histogram = {}
+        for k, folder in enumerate(folders):
+            quota = n // len(folders) + (k < n % len(folders))
+            files = _take(rng, sorted(folder.glob("*.JPEG")), quota, f"cls {split}/{folder.name}")
+            (dst / split / folder.name).mkdir(parents=True)
+            for path in files:
+                shutil.copyfile(path, dst / split / folder.name / path.name)
+            histogram[folder.name] = len(files)
+        stats[split] = {"images": sum(histogram.values()), "images_per_class": histogram}
+    return stats
+
+
+def subsample(
+    raw: Path, mini: Path, seed: int, n_train: int, n_val: int, det_classes: list[str]
+) -> dict:
+    """Write the three mini datasets under `mini` atomically; return the statistics."""
+    if n_train <= 0 or n_val <= 0:
+        raise ValueError(f"subsample.n_train / n_val must be positive, got {n_train} / {n_val}")
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)]
+    with atomic_dir(mini) as tmp:
+        return {
+            "seg": subsample_seg(
+                raw / "voc" / "VOCdevkit" / "VOC2012", tmp / "seg", streams[0], n_train, n_val
+            ),
+            "det": subsample_det(
+                raw / "coco", tmp / "det", streams[1], n_train, n_val, det_classes
+            ),
+            "cls": subsample_cls(
+                raw / "imagenette" / "imagenette2-160", tmp / "cls", streams[2], n_train, n_val
+            ),
+        }

@@ -1,0 +1,25 @@
+"""Stage subsample: data/raw -> data/mini (seeded), counts and histograms -> metrics/data.json."""
+
+from pathlib import Path
+
+from seqmtl.files import write_json
+from seqmtl.stage import load_params, run
+from seqmtl.subsample import subsample
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params["subsample"]
+    stats = subsample(
+        Path("data/raw"),
+        Path("data/mini"),
+        params["seed"],
+        cfg["n_train"],
+        cfg["n_val"],
+        cfg["det_classes"],
+    )
+    write_json(Path("metrics/data.json"), stats)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny synthetic dataset in the raw and mini layouts, and the real mirror."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from seqmtl.subsample import subsample
+from seqmtl.synthetic import COCO_FIRST_TEN, generate
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = Path(os.environ.get("SEQMTL_MIRROR", REPO.parent / "shared" / "data" / "mirror"))
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic raw layouts: 12 train + 6 val images per dataset, about 64 px."""
+    raw = tmp_path_factory.mktemp("tiny") / "raw"
+    generate(raw, seed=0, n_train=12, n_val=6, size=64)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_mini(tiny_raw: Path) -> Path:
+    """The mini layouts subsampled from `tiny_raw`: 10 train + 5 val images per task."""
+    mini = tiny_raw.parent / "mini"
+    subsample(tiny_raw, mini, seed=0, n_train=10, n_val=5, det_classes=list(COCO_FIRST_TEN))
+    return mini
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    """The real-data mirror; tests using it skip where it is absent."""
+    if not (MIRROR / "SHA256SUMS").is_file():
+        pytest.skip(f"no real-data mirror at {MIRROR} (set SEQMTL_MIRROR)")
+    return MIRROR

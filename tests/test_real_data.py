@@ -1,0 +1,69 @@
+"""End to end on the real mirror: download (as a local mirror) then subsample, real formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seqmtl.data import build_dataset, class_names
+from seqmtl.download import fetch_all
+from seqmtl.subsample import subsample
+from seqmtl.synthetic import COCO_FIRST_TEN, IMAGENETTE_WNIDS
+
+
+@pytest.fixture(scope="module")
+def real_mini(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("real")
+    fetch_all(root / "raw", root / "archives", str(mirror))
+    stats = subsample(root / "raw", root / "mini", 0, 240, 60, list(COCO_FIRST_TEN))
+    return root / "mini", stats
+
+
+def test_counts(real_mini: tuple[Path, dict]) -> None:
+    _, stats = real_mini
+    assert {s: stats["seg"][s]["images"] for s in ("train", "val")} == {"train": 240, "val": 60}
+    assert {s: stats["cls"][s]["images"] for s in ("train", "val")} == {"train": 240, "val": 60}
+    det = {s: stats["det"][s]["images"] for s in ("train", "val")}
+    # the mirror holds fewer eligible COCO images than 300: all of them, split 4 : 1
+    assert 0 < det["val"] < det["train"] < 240
+    assert det["train"] == round((det["train"] + det["val"]) * 0.8)
+
+
+def test_class_names(real_mini: tuple[Path, dict]) -> None:
+    names = class_names(real_mini[0])
+    assert names["det"] == list(COCO_FIRST_TEN)
+    assert names["cls"] == sorted(IMAGENETTE_WNIDS)
+    assert names["seg"][0] == "background" and len(names["seg"]) == 21
+
+
+def test_masks_hold_voc_values(real_mini: tuple[Path, dict]) -> None:
+    masks = sorted((real_mini[0] / "seg" / "SegmentationClass").glob("*.png"))
+    assert len(masks) == 300
+    values: set[int] = set()
+    for path in masks[:60]:
+        mask = Image.open(path)
+        assert mask.mode == "P"
+        values |= set(np.unique(np.asarray(mask)).tolist())
+    assert values <= set(range(21)) | {255} and {0, 255} <= values and len(values) > 5
+
+
+def test_coco_boxes_lie_inside_their_images(real_mini: tuple[Path, dict]) -> None:
+    coco = json.loads((real_mini[0] / "det/annotations/instances_val.json").read_text())
+    sizes = {i["id"]: (i["width"], i["height"]) for i in coco["images"]}
+    assert coco["annotations"]
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        width, height = sizes[a["image_id"]]
+        assert w > 0 and h > 0 and x >= 0 and y >= 0
+        assert x + w <= width + 1 and y + h <= height + 1
+
+
+def test_real_datasets_load(real_mini: tuple[Path, dict]) -> None:
+    det = build_dataset(real_mini[0], "det", "val", 128, train=False)
+    image, target = det[0]
+    assert image.shape == (3, 128, 128) and len(target["boxes"]) == len(target["labels"]) > 0
+    assert (target["boxes"] >= 0).all() and (target["boxes"] <= 128.5).all()

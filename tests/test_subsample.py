@@ -1,0 +1,101 @@
+"""Subsample: seeded, byte-identical, disjoint splits, COCO filtered, short sources handled."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seqmtl.data import DataError
+from seqmtl.subsample import subsample
+from seqmtl.synthetic import COCO_FIRST_TEN
+
+CLASSES = list(COCO_FIRST_TEN)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root`, by relative path."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_gives_byte_identical_mini(tiny_raw: Path, tmp_path: Path) -> None:
+    first = subsample(tiny_raw, tmp_path / "a", 3, 8, 4, CLASSES)
+    second = subsample(tiny_raw, tmp_path / "b", 3, 8, 4, CLASSES)
+    assert first == second
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+    subsample(tiny_raw, tmp_path / "c", 4, 8, 4, CLASSES)
+    assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "c")
+
+
+def test_splits_are_disjoint_and_counted(tiny_raw: Path, tmp_path: Path) -> None:
+    stats = subsample(tiny_raw, tmp_path / "m", 0, 8, 4, CLASSES)
+    seg = tmp_path / "m/seg/ImageSets/Segmentation"
+    train, val = (set((seg / f"{s}.txt").read_text().split()) for s in ("train", "val"))
+    assert len(train) == 8 and len(val) == 4 and not train & val
+    det = {
+        s: json.loads((tmp_path / f"m/det/annotations/instances_{s}.json").read_text())
+        for s in ("train", "val")
+    }
+    ids = {s: {i["id"] for i in det[s]["images"]} for s in det}
+    assert not ids["train"] & ids["val"]
+    assert stats["det"]["train"]["images"] + stats["det"]["val"]["images"] == 12
+    for split in ("train", "val"):
+        files = {p.name for p in (tmp_path / "m/det" / split).iterdir()}
+        assert files == {i["file_name"] for i in det[split]["images"]}
+        assert stats["det"][split]["boxes"] == len(det[split]["annotations"])
+    cls = {s: {p.name for p in (tmp_path / "m/cls" / s).rglob("*.JPEG")} for s in ("train", "val")}
+    assert len(cls["train"]) == 8 and len(cls["val"]) == 4 and not cls["train"] & cls["val"]
+    assert sum(stats["cls"]["train"]["images_per_class"].values()) == 8
+
+
+def test_seg_histogram_counts_images_per_class(tiny_raw: Path, tmp_path: Path) -> None:
+    stats = subsample(tiny_raw, tmp_path / "m", 0, 8, 4, CLASSES)
+    voc = tmp_path / "m/seg"
+    ids = (voc / "ImageSets/Segmentation/val.txt").read_text().split()
+    counts: dict[int, int] = {}
+    for name in ids:
+        for v in np.unique(np.asarray(Image.open(voc / "SegmentationClass" / f"{name}.png"))):
+            counts[int(v)] = counts.get(int(v), 0) + 1
+    assert stats["seg"]["val"]["images_per_class"]["background"] == counts[0] == 4
+    assert sum(stats["seg"]["val"]["images_per_class"].values()) == sum(
+        n for v, n in counts.items() if v != 255
+    )
+
+
+def test_coco_is_filtered_to_the_asked_classes(tiny_raw: Path, tmp_path: Path) -> None:
+    subsample(tiny_raw, tmp_path / "m", 0, 4, 2, ["bus", "car"])
+    for split in ("train", "val"):
+        coco = json.loads((tmp_path / f"m/det/annotations/instances_{split}.json").read_text())
+        assert [c["name"] for c in coco["categories"]] == ["bus", "car"]
+        kept = {c["id"] for c in coco["categories"]}
+        assert {a["category_id"] for a in coco["annotations"]} <= kept
+        with_objects = {a["image_id"] for a in coco["annotations"]}
+        assert {i["id"] for i in coco["images"]} == with_objects
+
+
+def test_short_source_gives_all_it_has_with_a_warning(
+    tiny_raw: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        stats = subsample(tiny_raw, tmp_path / "m", 0, 40, 20, CLASSES)
+    assert stats["seg"]["train"]["images"] == 12 and stats["seg"]["val"]["images"] == 6
+    assert stats["det"]["train"]["images"] + stats["det"]["val"]["images"] == 18
+    assert stats["cls"]["train"]["images"] == 12
+    assert "only 12 eligible images, 40 asked" in caplog.text
+
+
+def test_unknown_class_and_bad_counts_are_rejected(tiny_raw: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"subsample.det_classes: \['unicorn'\]"):
+        subsample(tiny_raw, tmp_path / "m", 0, 4, 2, ["car", "unicorn"])
+    with pytest.raises(ValueError, match=r"subsample\.n_train / n_val must be positive"):
+        subsample(tiny_raw, tmp_path / "m", 0, 0, 2, CLASSES)
+    assert not (tmp_path / "m").exists()
