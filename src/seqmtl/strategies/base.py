@@ -1,0 +1,119 @@
+"""The strategy interface: how a stage turns batches of the new task into a parameter update.
+
+A stage calls, in this order: `load_model` once (the model the stage trains, with the previous
+stage's weights), `before_stage(ctx)` once, then for every step `losses(ctx, images, targets)`
+and `backward(ctx, losses)` (the loop zeroes the gradients before and steps the optimiser after),
+then `after_stage(ctx)` once. `state_dict()` is saved with the stage's checkpoint and given back
+through `load_state_dict` to the next stage's strategy of the same name. Each strategy is one
+file, registered by name with `@register`; its params are its own section of params.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from seqmtl.data import TaskDataset
+from seqmtl.tasks import Targets, Task
+
+Losses = dict[str, dict[str, Tensor]]
+"""Loss components per term for one step, e.g. {"det": {"det_cls": …}, "seg": {"ce": …}}.
+Keys are task names, or a strategy's own terms (an "ewc" penalty, an "lwf" distillation)."""
+
+
+@dataclass
+class StageContext:
+    """What a strategy may use: the model, the tasks, the one being learned, their data."""
+
+    model: nn.Module
+    tasks: dict[str, Task]
+    task: str
+    old_tasks: list[str]
+    device: torch.device
+    seed: int
+    batch_size: int
+    train_data: Callable[[str], TaskDataset]
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def loss(self, task: str, images: Tensor, targets: Targets) -> dict[str, Tensor]:
+        """Loss components of `task` on a batch, from a forward pass of the model."""
+        outputs = self.model(images.to(self.device), tasks=(task,))
+        return self.tasks[task].loss(outputs, targets, images.shape[-1])
+
+    def log(self, **values: float) -> None:
+        """Record per-step values (loss weights, …); they go to plots/stageN/strategy.csv."""
+        self.history.append({"step": self.step, **values})
+
+
+def total(parts: dict[str, Tensor]) -> Tensor:
+    """The sum of one term's loss components."""
+    return torch.stack(list(parts.values())).sum()
+
+
+class Strategy:
+    """Plain fine-tuning on the new task; subclasses override what they change."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+
+    def load_model(
+        self,
+        make_model: Callable[[], nn.Module],
+        checkpoint: dict[str, Any] | None,
+        tasks: list[str],
+    ) -> nn.Module:
+        """The model that serves `tasks`, holding the weights of `checkpoint` when given."""
+        model = make_model()
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+        return model
+
+    def before_stage(self, ctx: StageContext) -> None:
+        """Prepare for the stage (buffers, frozen copies, …)."""
+
+    def losses(self, ctx: StageContext, images: Tensor, targets: Targets) -> Losses:
+        """Loss components per term for one training batch of the new task."""
+        return {ctx.task: ctx.loss(ctx.task, images, targets)}
+
+    def backward(self, ctx: StageContext, losses: Losses) -> None:
+        """Accumulate the gradients of the update (default: of the plain sum of all terms)."""
+        torch.stack([total(parts) for parts in losses.values()]).sum().backward()
+
+    def after_stage(self, ctx: StageContext) -> None:
+        """Finish the stage (Fisher information, …)."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Learnable parameters of the strategy itself, optimised with the model's."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried to the next stage."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved at the end of the previous stage."""
+
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator adding a strategy to the registry under `name`."""
+
+    def add(cls: type[Strategy]) -> type[Strategy]:
+        STRATEGIES[name] = cls
+        return cls
+
+    return add
+
+
+def build_strategy(name: str, params: dict[str, Any]) -> Strategy:
+    """The strategy `name`, configured by its own params section (params[name], may be absent)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy: unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](params.get(name) or {})

@@ -1,0 +1,189 @@
+"""The three tasks: each knows its loss on a batch and its metrics on a val split.
+
+Every task reads its own entry of the model's output dict. Inputs are square (S x S) batches.
+Primary metrics (the ones the forgetting analysis follows): seg "miou", det "map50", cls "top1";
+`Task.chance` is what a model that learned nothing scores on a split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pycocotools.coco import COCO
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from seqmtl.data import TaskDataset
+from seqmtl.detection import decode, detection_loss, locations
+from seqmtl.metrics import IGNORE_INDEX, ConfusionMatrix, coco_detection_metrics, miou, top1
+from seqmtl.model import STRIDE
+
+Targets = list[dict[str, Any]]
+
+
+class Task:
+    """A task's loss and evaluation; `primary` names the metric that forgetting follows."""
+
+    name: str
+    primary: str
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    def loss(self, outputs: dict[str, Tensor], targets: Targets, size: int) -> dict[str, Tensor]:
+        """Named loss components on a batch of S x S images (their sum is the task's loss)."""
+        raise NotImplementedError
+
+    def chance(self, dataset: TaskDataset) -> float:
+        """The primary metric on `dataset` of a model that learned nothing about the task."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
+        """Metrics on the loader's (unshuffled, unaugmented) split; restores the model's mode."""
+        was_training = model.training
+        model.eval()
+        try:
+            for images, targets in loader:
+                self.accumulate(model(images.to(device), tasks=(self.name,)), targets, loader)
+            return self.summarise(loader.dataset)
+        finally:
+            model.train(was_training)
+
+    def accumulate(self, outputs: dict[str, Tensor], targets: Targets, loader: DataLoader) -> None:
+        raise NotImplementedError
+
+    def summarise(self, dataset: TaskDataset) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class Segmentation(Task):
+    """Pixel-wise cross-entropy (255 ignored); mIoU from one confusion matrix at each mask's
+    original resolution (logits upsampled bilinearly to it before the argmax)."""
+
+    name, primary = "seg", "miou"
+
+    def loss(self, outputs: dict[str, Tensor], targets: Targets, size: int) -> dict[str, Tensor]:
+        logits = outputs["seg"]
+        masks = torch.stack([t["mask"] for t in targets]).to(logits.device)
+        return {"ce": F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)}
+
+    def chance(self, dataset: TaskDataset) -> float:
+        """mIoU of predicting the most frequent class everywhere: its pixel share over the
+        number of classes present in the masks."""
+        counts = torch.zeros(256, dtype=torch.int64)
+        for mask in dataset.original_masks:
+            counts += torch.bincount(mask.flatten().long(), minlength=256)
+        counts = counts[: self.num_classes]
+        return (counts.max() / counts.sum()).item() / int((counts > 0).sum())
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
+        self.confusion = ConfusionMatrix(self.num_classes)
+        return super().evaluate(model, loader, device)
+
+    def accumulate(self, outputs: dict[str, Tensor], targets: Targets, loader: DataLoader) -> None:
+        for logits, target in zip(outputs["seg"], targets, strict=True):
+            mask = loader.dataset.original_masks[target["index"]]
+            up = F.interpolate(logits[None], size=mask.shape, mode="bilinear", align_corners=False)
+            self.confusion.update(up[0].argmax(0).cpu(), mask)
+
+    def summarise(self, dataset: TaskDataset) -> dict[str, float]:
+        result = miou(self.confusion.matrix)
+        return {"miou": result["miou"], "pixel_acc": result["pixel_acc"]}
+
+
+class Detection(Task):
+    """FCOS losses on the stride-8 map; COCOeval (bbox) on the split's annotation file with boxes
+    mapped back to original image coordinates; P / R / F1 at IoU 0.5 over detections scoring at
+    least `score_threshold`. Decoding keeps scores above `decode_threshold` (0.05, as COCO
+    evaluations usually do) so that the AP curve is complete."""
+
+    name, primary = "det", "map50"
+
+    def __init__(
+        self, num_classes: int, score_threshold: float = 0.5, decode_threshold: float = 0.05
+    ) -> None:
+        super().__init__(num_classes)
+        self.score_threshold = score_threshold
+        self.decode_threshold = decode_threshold
+
+    def loss(self, outputs: dict[str, Tensor], targets: Targets, size: int) -> dict[str, Tensor]:
+        raw = outputs["det"]
+        points = locations(size // STRIDE, size // STRIDE, STRIDE, raw.device)
+        moved = [{k: t[k].to(raw.device) for k in ("boxes", "labels")} for t in targets]
+        return detection_loss(raw, moved, points, STRIDE, self.num_classes)
+
+    def chance(self, dataset: TaskDataset) -> float:
+        """Boxes placed without looking at the image score (near) zero AP."""
+        return 0.0
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
+        self.detections: list[dict[str, Any]] = []
+        return super().evaluate(model, loader, device)
+
+    def accumulate(self, outputs: dict[str, Tensor], targets: Targets, loader: DataLoader) -> None:
+        raw = outputs["det"]
+        size = loader.dataset.size
+        points = locations(size // STRIDE, size // STRIDE, STRIDE, raw.device)
+        results = decode(raw, points, STRIDE, size, self.decode_threshold)
+        dataset = loader.dataset
+        for result, target in zip(results, targets, strict=True):
+            h, w = dataset.original_sizes[target["index"]]
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32) / size
+            boxes = (result["boxes"].cpu() * scale).tolist()
+            for (x1, y1, x2, y2), score, label in zip(
+                boxes, result["scores"].tolist(), result["labels"].tolist(), strict=True
+            ):
+                self.detections.append(
+                    {
+                        "image_id": dataset.image_ids[target["index"]],
+                        "category_id": dataset.category_ids[label],
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "score": score,
+                    }
+                )
+
+    def summarise(self, dataset: TaskDataset) -> dict[str, float]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO(str(dataset.annotation_file))
+        return coco_detection_metrics(gt, self.detections, self.score_threshold)
+
+
+class Classification(Task):
+    """Cross-entropy on the pooled class logits; top-1 on val."""
+
+    name, primary = "cls", "top1"
+
+    def loss(self, outputs: dict[str, Tensor], targets: Targets, size: int) -> dict[str, Tensor]:
+        logits = outputs["cls"]
+        labels = torch.stack([t["label"] for t in targets]).to(logits.device)
+        return {"ce": F.cross_entropy(logits, labels)}
+
+    def chance(self, dataset: TaskDataset) -> float:
+        """Top-1 of always answering the most frequent class."""
+        return (torch.bincount(dataset.labels).max() / len(dataset.labels)).item()
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
+        self.logits: list[Tensor] = []
+        self.labels: list[Tensor] = []
+        return super().evaluate(model, loader, device)
+
+    def accumulate(self, outputs: dict[str, Tensor], targets: Targets, loader: DataLoader) -> None:
+        self.logits.append(outputs["cls"].cpu())
+        self.labels += [t["label"] for t in targets]
+
+    def summarise(self, dataset: TaskDataset) -> dict[str, float]:
+        return {"top1": top1(torch.cat(self.logits), torch.stack(self.labels))}
+
+
+def build_tasks(num_classes: dict[str, int], score_threshold: float) -> dict[str, Task]:
+    """The three tasks keyed by name, with their class counts (from the data)."""
+    return {
+        "seg": Segmentation(num_classes["seg"]),
+        "det": Detection(num_classes["det"], score_threshold),
+        "cls": Classification(num_classes["cls"]),
+    }

@@ -1,0 +1,265 @@
+"""One training routine behind the three stages: learn one task, evaluate every task seen so far."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import resource
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from seqmtl.data import TASKS, TaskDataset, build_dataset, class_names, collate
+from seqmtl.files import atomic_dir, atomic_file, write_json
+from seqmtl.model import UnifiedModel
+from seqmtl.strategies import StageContext, build_strategy, total
+from seqmtl.tasks import Task, build_tasks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    """Where a stage reads and writes."""
+
+    mini: Path
+    previous: Path | None
+    checkpoint: Path
+    snapshots: Path
+    metrics: Path
+    timing: Path
+    plots: Path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic algorithms."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on cuda, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def check_stage_params(cfg: dict[str, Any], name: str) -> None:
+    """Reject a non-positive epoch count, batch size, image size or lr, naming the param."""
+    for key in ("epochs", "batch_size", "image_size", "lr"):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"{name}.{key} must be a positive number, got {value!r}")
+    if cfg["image_size"] % 32:
+        raise ValueError(f"{name}.image_size must be a multiple of 32, got {cfg['image_size']}")
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, steps: int, warmup: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr x (s + 1) / w for the first w = warmup * steps steps, then a cosine decay to zero."""
+    w = max(1, round(warmup * steps))
+
+    def factor(s: int) -> float:
+        if s < w:
+            return (s + 1) / w
+        return 0.5 * (1 + math.cos(math.pi * (s - w) / max(1, steps - w)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def model_factory(params: dict[str, Any], mini: Path, seed: int) -> Any:
+    """A function building the configured model afresh (same initialisation for the same seed),
+    with class counts read from the mini datasets."""
+    cfg = params["model"]
+    counts = {task: len(names) for task, names in class_names(mini).items()}
+
+    def make() -> UnifiedModel:
+        torch.manual_seed(seed)
+        return UnifiedModel(
+            counts, cfg["backbone"], cfg["pretrained"], cfg["channels"], cfg["head_layers"]
+        )
+
+    return make
+
+
+def load_checkpoint(
+    path: Path, params: dict[str, Any], mini: Path, seed: int
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A saved model rebuilt by the strategy that trained it, and the checkpoint itself."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    strategy = build_strategy(checkpoint["strategy"], params)
+    model = strategy.load_model(model_factory(params, mini, seed), checkpoint, checkpoint["tasks"])
+    return model, checkpoint
+
+
+def train_stage(stage: int, params: dict[str, Any], paths: StagePaths) -> dict[str, Any]:
+    """Train stage `stage` (1 = seg, 2 = det, 3 = cls); write its checkpoint, metrics and plots.
+
+    Stage 1 has no earlier task to protect, so it always trains naively and reads no strategy
+    parameter: its checkpoint is the shared starting point of every strategy.
+    """
+    name = f"stage{stage}"
+    cfg, train_cfg = params[name], params["train"]
+    check_stage_params(cfg, name)
+    task, seen = TASKS[stage - 1], list(TASKS[:stage])
+    seed = int(params["seed"])
+    device = resolve_device(params["device"])
+    strategy_name = "naive" if stage == 1 else params["strategy"]
+    strategy = build_strategy(strategy_name, params)
+    previous = None
+    if paths.previous is not None:
+        previous = torch.load(paths.previous, map_location="cpu", weights_only=True)
+        if previous["strategy"] == strategy_name:
+            strategy.load_state_dict(previous["strategy_state"])
+    model = strategy.load_model(model_factory(params, paths.mini, seed), previous, seen)
+    model.to(device)
+    seed_everything(seed + stage)
+
+    tasks = build_tasks(model.num_classes, float(train_cfg["score_threshold"]))
+    size, batch_size = int(cfg["image_size"]), int(cfg["batch_size"])
+    train_sets: dict[str, TaskDataset] = {}
+
+    def train_data(t: str) -> TaskDataset:
+        if t not in train_sets:
+            train_sets[t] = build_dataset(paths.mini, t, "train", size, train=True)
+        return train_sets[t]
+
+    val_loaders = {
+        t: DataLoader(
+            build_dataset(paths.mini, t, "val", size, train=False),
+            batch_size=batch_size,
+            collate_fn=collate,
+        )
+        for t in seen
+    }
+    loader = DataLoader(
+        train_data(task),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=len(train_data(task)) > batch_size,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed + stage),
+    )
+    ctx = StageContext(model, tasks, task, seen[:-1], device, seed + stage, batch_size, train_data)
+    strategy.before_stage(ctx)
+
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in model.parameters() if p.requires_grad]},
+            {"params": strategy.parameters(), "weight_decay": 0.0},
+        ],
+        lr=float(cfg["lr"]),
+        weight_decay=float(train_cfg["weight_decay"]),
+    )
+    epochs = int(cfg["epochs"])
+    scheduler = warmup_cosine(optimizer, epochs * len(loader), float(train_cfg["warmup"]))
+    first_epoch = sum(int(params[f"stage{s}"]["epochs"]) for s in range(1, stage))
+    train_rows: list[dict[str, Any]] = []
+    val_rows: list[dict[str, Any]] = []
+    scores: dict[str, dict[str, float]] = {}
+    train_time = data_time = 0.0
+    images_seen = 0
+    with atomic_dir(paths.snapshots) as snapshots:
+        for epoch in (bar := tqdm(range(1, epochs + 1), desc=f"{name} {task}", unit="epoch")):
+            model.train()
+            sums: dict[str, float] = defaultdict(float)
+            start = fetched = time.perf_counter()
+            for images, targets in loader:
+                data_time += time.perf_counter() - fetched
+                optimizer.zero_grad(set_to_none=True)
+                losses = strategy.losses(ctx, images, targets)
+                strategy.backward(ctx, losses)
+                optimizer.step()
+                scheduler.step()
+                ctx.step += 1
+                images_seen += len(images)
+                for term, parts in losses.items():
+                    for part, value in parts.items():
+                        sums[f"{term}/{part}"] += value.item() / len(loader)
+                    sums[f"{term}/total"] += total(parts).item() / len(loader)
+                fetched = time.perf_counter()
+            train_time += time.perf_counter() - start
+            global_epoch = first_epoch + epoch
+            row = {"epoch": global_epoch, "stage": stage}
+            train_rows.append(row | {k: round(v, 6) for k, v in sorted(sums.items())})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in sums.items() if k.endswith("/total")})
+            if epoch % int(train_cfg["eval_every"]) == 0 or epoch == epochs:
+                scores = evaluate_all(model, tasks, val_loaders, device)
+                primary = {f"{t}_{tasks[t].primary}": round(scores[t][tasks[t].primary], 6)
+                           for t in seen}  # fmt: skip
+                val_rows.append(row | primary)
+                log.info("epoch %d: %s", global_epoch, primary)
+            if epoch % int(train_cfg["checkpoint_every"]) == 0 or epoch == epochs:
+                torch.save(
+                    {"model": model.state_dict(), "epoch": global_epoch, "tasks": seen,
+                     "strategy": strategy_name},
+                    snapshots / f"epoch_{global_epoch:03d}.pt",
+                )  # fmt: skip
+    strategy.after_stage(ctx)
+
+    with atomic_file(paths.checkpoint, "wb") as handle:
+        torch.save(
+            {"model": model.state_dict(), "tasks": seen, "strategy": strategy_name,
+             "strategy_state": strategy.state_dict()},
+            handle,
+        )  # fmt: skip
+    metrics = {
+        "task": task,
+        "strategy": strategy_name,
+        "final": {t: {k: round(v, 6) for k, v in scores[t].items()} for t in seen},
+        "chance": {t: round(tasks[t].chance(val_loaders[t].dataset), 6) for t in seen},
+        "loss": {k: v for k, v in train_rows[-1].items() if "/" in k},
+    }
+    write_json(paths.metrics, metrics)
+    write_json(
+        paths.timing,
+        {
+            "train_seconds": round(train_time, 2),
+            "data_seconds_per_epoch": round(data_time / epochs, 3),
+            "images_per_second": round(images_seen / train_time, 2),
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+        },
+    )
+    write_csv(paths.plots / "train.csv", train_rows)
+    write_csv(paths.plots / "val.csv", val_rows)
+    if ctx.history:
+        write_csv(paths.plots / "strategy.csv", ctx.history)
+    return metrics
+
+
+def evaluate_all(
+    model: nn.Module, tasks: dict[str, Task], loaders: dict[str, DataLoader], device: torch.device
+) -> dict[str, dict[str, float]]:
+    """Every loader's task evaluated on its split."""
+    return {t: tasks[t].evaluate(model, loader, device) for t, loader in loaders.items()}
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows as a CSV (columns: the union of their keys in first-seen order), atomically."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_file(path) as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)

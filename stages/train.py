@@ -1,0 +1,28 @@
+"""Stage stage{1,2,3}: train one task on top of the previous stage's checkpoint.
+
+Usage: python stages/train.py STAGE   (1 = segmentation, 2 = detection, 3 = classification)
+"""
+
+import sys
+from pathlib import Path
+
+from seqmtl.stage import load_params, run
+from seqmtl.train import StagePaths, train_stage
+
+
+def main() -> None:
+    stage = int(sys.argv[1])
+    paths = StagePaths(
+        mini=Path("data/mini"),
+        previous=Path(f"data/checkpoints/stage{stage - 1}.pt") if stage > 1 else None,
+        checkpoint=Path(f"data/checkpoints/stage{stage}.pt"),
+        snapshots=Path(f"data/checkpoints/stage{stage}_epochs"),
+        metrics=Path(f"metrics/stage{stage}.json"),
+        timing=Path(f"metrics/stage{stage}_time.json"),
+        plots=Path(f"plots/stage{stage}"),
+    )
+    train_stage(stage, load_params(), paths)
+
+
+if __name__ == "__main__":
+    run(main)
