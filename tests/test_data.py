@@ -135,3 +135,15 @@ def test_missing_split_list_and_folders_are_named(mini: Path) -> None:
         build_dataset(mini, "cls", "val", 64, train=False)
     with pytest.raises(ValueError, match="unknown task 'depth'"):
         build_dataset(mini, "depth", "val", 64, train=False)
+
+
+def test_cls_labels_agree_when_a_split_lacks_a_class(mini: Path) -> None:
+    train = mini / "cls" / "train"
+    first, kept = sorted(p for p in train.iterdir())[:2]
+    shutil.rmtree(first)
+    names = class_names(mini)["cls"]
+    assert first.name in names and len(names) == 10
+    dataset = build_dataset(mini, "cls", "train", 64, train=False)
+    kept_label = names.index(kept.name)
+    assert (dataset.labels == kept_label).sum() == len(list(kept.iterdir()))
+    assert (dataset.labels != names.index(first.name)).all()

@@ -79,13 +79,21 @@ def class_folders(root: Path) -> list[Path]:
     return folders
 
 
+def cls_classes(root: Path) -> list[str]:
+    """Class names of an ImageFolder-style dataset: its train and val class folders, sorted.
+
+    Both splits count, so that labels agree between them even when a small selection leaves a
+    class out of one split."""
+    return sorted({p.name for split in ("train", "val") for p in class_folders(root / split)})
+
+
 def class_names(mini: Path) -> dict[str, list[str]]:
     """Class names of each task, read from the mini layouts."""
     categories = load_coco(mini / "det" / "annotations" / "instances_train.json")["categories"]
     return {
         "seg": list(VOC_CLASSES),
         "det": [c["name"] for c in categories],
-        "cls": [p.name for p in class_folders(mini / "cls" / "train")],
+        "cls": cls_classes(mini / "cls"),
     }
 
 
@@ -213,10 +221,11 @@ class ClsDataset(TaskDataset):
     def __init__(self, root: Path, split: str, size: int, train: bool) -> None:
         super().__init__(size, train)
         images, labels = [], []
-        for label, folder in enumerate(class_folders(root / split)):
+        label_of = {name: k for k, name in enumerate(cls_classes(root))}
+        for folder in class_folders(root / split):
             for path in sorted(folder.glob("*.JPEG")):
                 images.append(_resized(read_image(path), size))
-                labels.append(label)
+                labels.append(label_of[folder.name])
         self.images = torch.stack(images) if images else self.images
         self.labels = torch.tensor(labels, dtype=torch.long)
         self.transform = self.augment() if train else None

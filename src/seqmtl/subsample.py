@@ -95,7 +95,10 @@ def subsample_det(
 
 
 def subsample_cls(src: Path, dst: Path, rng: np.random.Generator, n_train: int, n_val: int) -> dict:
-    """Class-balanced selection of n_train / n_val images from the Imagenette class folders."""
+    """Class-balanced selection of n_train / n_val images from the Imagenette class folders.
+
+    A class left without images in a split gets no folder there: an empty folder would not
+    survive a round trip through DVC's cache."""
     stats = {}
     for split, n in (("train", n_train), ("val", n_val)):
         folders = class_folders(src / split)
@@ -103,7 +106,8 @@ def subsample_cls(src: Path, dst: Path, rng: np.random.Generator, n_train: int, 
         for k, folder in enumerate(folders):
             quota = n // len(folders) + (k < n % len(folders))
             files = _take(rng, sorted(folder.glob("*.JPEG")), quota, f"cls {split}/{folder.name}")
-            (dst / split / folder.name).mkdir(parents=True)
+            if files:
+                (dst / split / folder.name).mkdir(parents=True)
             for path in files:
                 shutil.copyfile(path, dst / split / folder.name / path.name)
             histogram[folder.name] = len(files)
