@@ -1,0 +1,54 @@
+"""The one-head model: output shapes, one shared head branch, the parameter budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqmtl.backbones import BACKBONES
+from seqmtl.model import STRIDE, UnifiedModel
+
+COUNTS = {"seg": 21, "det": 10, "cls": 10}
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("head_layers", [2, 3])
+def test_output_shapes(backbone: str, head_layers: int) -> None:
+    model = UnifiedModel(COUNTS, backbone, pretrained=False, head_layers=head_layers).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 96, 128))
+    assert out["seg"].shape == (2, 21, 96, 128)
+    assert out["det"].shape == (2, (96 // STRIDE) * (128 // STRIDE), 4 + 1 + 10)
+    assert out["cls"].shape == (2, 10)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_parameter_budget(backbone: str) -> None:
+    model = UnifiedModel(COUNTS, backbone, pretrained=False)
+    assert sum(p.numel() for p in model.parameters()) < 8_000_000
+
+
+def test_one_head_branch_emits_every_task() -> None:
+    model = UnifiedModel(COUNTS, "efficientnet_lite0", pretrained=False, head_layers=3)
+    convs = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 3 and convs[-1] is model.head.out
+    assert model.head.out.out_channels == 21 + (5 + 10) + 10
+    with pytest.raises(ValueError, match=r"model\.head_layers must be 2 or 3"):
+        UnifiedModel(COUNTS, "efficientnet_lite0", pretrained=False, head_layers=4)
+
+
+def test_detection_starts_at_the_prior() -> None:
+    model = UnifiedModel(COUNTS, "efficientnet_lite0", pretrained=False).eval()
+    with torch.no_grad():
+        det = model(torch.rand(1, 3, 64, 64))["det"]
+    # centerness and class probabilities near 0.01 everywhere, up to the weights' noise
+    assert torch.sigmoid(det[..., 4:]).median() < 0.05
+
+
+def test_classification_is_the_pooled_cls_channels() -> None:
+    model = UnifiedModel(COUNTS, "mobilenet_v3_small", pretrained=False).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        maps = model.head(model.trunk(x))
+        out = model(x)
+    torch.testing.assert_close(out["cls"], maps[:, -10:].mean((2, 3)))

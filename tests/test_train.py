@@ -1,0 +1,98 @@
+"""The stage routine on a tiny synthetic set: outputs, determinism, bad parameters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY, merge
+from seqmtl.train import StagePaths, train_stage
+
+
+def params(**change: object) -> dict:
+    """The repository's params with the tiny sizes, on the CPU, and `change` merged in."""
+    base = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    return merge(base, {"device": "cpu", "model": {"pretrained": False}, **change})
+
+
+def paths(root: Path, mini: Path, stage: int) -> StagePaths:
+    ckpt = root / "checkpoints"
+    return StagePaths(
+        mini=mini,
+        previous=ckpt / f"stage{stage - 1}.pt" if stage > 1 else None,
+        checkpoint=ckpt / f"stage{stage}.pt",
+        snapshots=ckpt / f"stage{stage}_epochs",
+        metrics=root / "metrics" / f"stage{stage}.json",
+        timing=root / "metrics" / f"stage{stage}_time.json",
+        plots=root / "plots" / f"stage{stage}",
+    )
+
+
+@pytest.fixture(scope="module")
+def three_stages(tiny_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    for stage in (1, 2, 3):
+        train_stage(stage, params(), paths(root, tiny_mini, stage))
+    return root
+
+
+def test_every_task_seen_is_evaluated(three_stages: Path) -> None:
+    for stage, seen in ((1, {"seg"}), (2, {"seg", "det"}), (3, {"seg", "det", "cls"})):
+        metrics = json.loads((three_stages / "metrics" / f"stage{stage}.json").read_text())
+        assert set(metrics["final"]) == seen == set(metrics["chance"])
+        assert metrics["task"] == ["seg", "det", "cls"][stage - 1]
+    final = json.loads((three_stages / "metrics" / "stage3.json").read_text())["final"]
+    assert set(final["det"]) == {"map", "map50", "precision", "recall", "f1"}
+    assert 0.0 <= final["seg"]["miou"] <= 1.0 and 0.0 <= final["cls"]["top1"] <= 1.0
+
+
+def test_plots_and_snapshots(three_stages: Path) -> None:
+    train = (three_stages / "plots" / "stage2" / "train.csv").read_text().splitlines()
+    assert train[0].startswith("epoch,stage,det/det_box") and len(train) == 3
+    val = (three_stages / "plots" / "stage3" / "val.csv").read_text().splitlines()
+    assert val[0] == "epoch,stage,seg_miou,det_map50,cls_top1"
+    assert [row.split(",")[0] for row in val[1:]] == ["5", "6"]  # global epochs
+    snapshots = sorted(p.name for p in (three_stages / "checkpoints" / "stage3_epochs").iterdir())
+    assert snapshots == ["epoch_005.pt", "epoch_006.pt"]
+    timing = json.loads((three_stages / "metrics" / "stage1_time.json").read_text())
+    assert timing["device"] == "cpu" and timing["images_per_second"] > 0
+
+
+def test_same_params_give_identical_metrics(
+    three_stages: Path, tiny_mini: Path, tmp_path: Path
+) -> None:
+    train_stage(1, params(), paths(tmp_path, tiny_mini, 1))
+    for name in ("metrics/stage1.json", "plots/stage1/val.csv", "plots/stage1/train.csv"):
+        assert (tmp_path / name).read_bytes() == (three_stages / name).read_bytes(), name
+
+
+def test_stage1_reads_no_strategy(tiny_mini: Path, tmp_path: Path) -> None:
+    metrics = train_stage(1, params(strategy="no-such-thing"), paths(tmp_path, tiny_mini, 1))
+    assert metrics["strategy"] == "naive"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"stage1": {"epochs": -1}}, r"stage1\.epochs must be a positive number, got -1"),
+        ({"stage1": {"lr": 0}}, r"stage1\.lr must be a positive number, got 0"),
+        ({"stage1": {"image_size": 70}}, r"stage1\.image_size must be a multiple of 32"),
+    ],
+)
+def test_bad_stage_params_are_named(
+    tiny_mini: Path, tmp_path: Path, change: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        train_stage(1, params(**change), paths(tmp_path, tiny_mini, 1))
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_strategy_is_named(three_stages: Path, tiny_mini: Path, tmp_path: Path) -> None:
+    stage2 = paths(tmp_path, tiny_mini, 2)
+    stage2 = StagePaths(**{**stage2.__dict__, "previous": three_stages / "checkpoints/stage1.pt"})
+    with pytest.raises(ValueError, match=r"strategy: unknown strategy 'magic'; known: .*replay"):
+        train_stage(2, params(strategy="magic"), stage2)
+    assert not any(tmp_path.iterdir())
