@@ -1,6 +1,16 @@
 """Strategies against forgetting; importing this package registers all of them."""
 
-from seqmtl.strategies import naive, replay
+from seqmtl.strategies import (
+    cumulative,
+    ewc,
+    gradnorm,
+    independent,
+    lwf,
+    naive,
+    pcgrad,
+    replay,
+    uncertainty,
+)
 from seqmtl.strategies.base import (
     STRATEGIES,
     Losses,
@@ -8,6 +18,7 @@ from seqmtl.strategies.base import (
     Strategy,
     build_strategy,
     register,
+    shared_parameters,
     total,
 )
 
@@ -17,8 +28,16 @@ __all__ = [
     "StageContext",
     "Strategy",
     "build_strategy",
+    "cumulative",
+    "ewc",
+    "gradnorm",
+    "independent",
+    "lwf",
     "naive",
+    "pcgrad",
     "register",
     "replay",
+    "shared_parameters",
     "total",
+    "uncertainty",
 ]

@@ -10,6 +10,7 @@ file, registered by name with `@register`; its params are its own section of par
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,11 +56,36 @@ def total(parts: dict[str, Tensor]) -> Tensor:
     return torch.stack(list(parts.values())).sum()
 
 
+SHARED_PREFIXES = ("trunk.", "head.hidden.")
+
+
+def shared_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters every task's output depends on, by name: the trunk and the head's hidden
+    layers (the head's last conv has one block of output channels per task)."""
+    return {n: p for n, p in model.named_parameters() if n.startswith(SHARED_PREFIXES)}
+
+
 class Strategy:
     """Plain fine-tuning on the new task; subclasses override what they change."""
 
+    name = "strategy"
+
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
+
+    def number(
+        self, key: str, low: float = 0.0, high: float = math.inf, *, open_low: bool = False
+    ) -> float:
+        """`cfg[key]` as a float in [low, high] ((low, high] with `open_low`); anything else
+        raises a ValueError naming the param `<strategy>.<key>`."""
+        value = self.cfg.get(key)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (number and (low < value if open_low else low <= value) and value <= high):
+            bound = f"{'>' if open_low else '≥'} {low:g}"
+            if high < math.inf:
+                bound = f"in {'(' if open_low else '['}{low:g}, {high:g}]"
+            raise ValueError(f"{self.name}.{key} must be a number {bound}, got {value!r}")
+        return float(value)
 
     def load_model(
         self,
@@ -103,9 +129,10 @@ STRATEGIES: dict[str, type[Strategy]] = {}
 
 
 def register(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
-    """Class decorator adding a strategy to the registry under `name`."""
+    """Class decorator adding a strategy to the registry under `name` (also its `name`)."""
 
     def add(cls: type[Strategy]) -> type[Strategy]:
+        cls.name = name
         STRATEGIES[name] = cls
         return cls
 

@@ -46,7 +46,7 @@ class Replay(Strategy):
     def before_stage(self, ctx: StageContext) -> None:
         for key in ("per_task", "batch_size"):
             if int(self.cfg[key]) <= 0:
-                raise ValueError(f"replay.{key} must be positive, got {self.cfg[key]!r}")
+                raise ValueError(f"{self.name}.{key} must be positive, got {self.cfg[key]!r}")
         self.buffer = ReplayBuffer(int(self.cfg["per_task"]), ctx.seed)
         for task in ctx.old_tasks:
             self.buffer.add(task, ctx.train_data(task))

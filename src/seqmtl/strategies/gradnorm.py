@@ -1,0 +1,72 @@
+"""gradnorm: replay whose loss weights are balanced by GradNorm (Chen et al. 2018)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from seqmtl.strategies.base import Losses, StageContext, register, total
+from seqmtl.strategies.replay import Replay
+
+
+@register("gradnorm")
+class GradNorm(Replay):
+    """L = Σ_i w_i·L_i over the losses in play (the new task's and each replayed old task's).
+
+    Each step, with W the last shared layer's weight (`model.shared_layer()`):
+    G_i = ‖∇_W w_i·L_i‖, Ḡ = mean_i G_i, L̃_i = L_i / L_i(0), r_i = L̃_i / mean_j L̃_j, and the
+    weights alone take a step on L_grad = Σ_i |G_i - Ḡ·r_i^alpha| (the targets Ḡ·r_i^alpha held
+    constant), then are clipped at 0 and renormalised to sum to the number of losses. The model's
+    gradient is that of Σ_i w_i·L_i with the weights of this step held constant.
+
+    Choices: L_i(0) is the loss at the stage's first step; the weights start each stage at 1 for
+    the new task and `old_weight` for each old one (renormalised), with their own Adam optimiser;
+    G_i = w_i·‖∇_W L_i‖ needs no second-order graph. The weights used in each step go to the
+    strategy log (w_<task>), hence to plots/stageN/strategy.csv.
+
+    cfg: per_task, batch_size (the replay buffer's), alpha (≥ 0, the paper's 1.5), lr (> 0, the
+    weights' Adam learning rate), old_weight (> 0, each old task's initial weight against 1).
+    """
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__(cfg)
+        self.alpha = self.number("alpha")
+        self.lr = self.number("lr", open_low=True)
+        self.old_weight = self.number("old_weight", open_low=True)
+        self.weights: Tensor | None = None
+
+    def before_stage(self, ctx: StageContext) -> None:
+        super().before_stage(ctx)
+        self.weights = None
+
+    def start(self, ctx: StageContext, names: list[str], losses: Tensor) -> None:
+        """Initial weights (1 for the new task, `old_weight` for the others, summing to the
+        number of losses), their optimiser, and the initial losses L_i(0)."""
+        initial = torch.tensor([1.0 if n == ctx.task else self.old_weight for n in names])
+        self.weights = (initial * len(names) / initial.sum()).to(losses.device).requires_grad_()
+        self.optimizer = torch.optim.Adam([self.weights], lr=self.lr)
+        self.initial = losses.detach()
+
+    def backward(self, ctx: StageContext, losses: Losses) -> None:
+        names = list(losses)
+        values = torch.stack([total(losses[n]) for n in names])
+        if self.weights is None:
+            self.start(ctx, names, values)
+        ctx.log(**{f"w_{n}": w for n, w in zip(names, self.weights.tolist(), strict=True)})
+        layer = ctx.model.shared_layer().weight
+        norms = torch.stack(
+            [torch.autograd.grad(v, layer, retain_graph=True)[0].norm() for v in values]
+        )
+        (self.weights.detach() * values).sum().backward()
+
+        grad_norms = self.weights * norms
+        ratios = values.detach() / self.initial
+        target = (grad_norms.mean() * (ratios / ratios.mean()) ** self.alpha).detach()
+        self.optimizer.zero_grad()
+        (grad_norms - target).abs().sum().backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.weights.clamp_(min=0)
+            self.weights.mul_(len(names) / self.weights.sum())

@@ -1,0 +1,52 @@
+"""uncertainty: replay whose losses are weighted by learned homoscedastic uncertainty
+(Kendall, Gal & Cipolla 2018)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from seqmtl.strategies.base import Losses, StageContext, register, total
+from seqmtl.strategies.replay import Replay
+
+
+@register("uncertainty")
+class Uncertainty(Replay):
+    """L = Σ_i exp(-s_i)·L_i + s_i over the losses in play (the new task's and each replayed old
+    task's), with s_i = log sigma_i² learned with the model (the loop's optimiser, no weight decay).
+
+    Choices: one form for every task, exp(-s)·L + s, which is twice Kendall et al.'s regression
+    form ½·exp(-s)·L + ½·s (same optimum s* = log L; starts, at s = 0, as replay's plain sum);
+    each s_i starts at 0 for a task first in play and is carried to the next stage otherwise (the
+    noise level belongs to the task). Logs s_<task> every step.
+
+    cfg: per_task, batch_size (the replay buffer's).
+    """
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__(cfg)
+        self.log_variances = nn.ParameterDict()
+
+    def before_stage(self, ctx: StageContext) -> None:
+        super().before_stage(ctx)
+        for task in [ctx.task, *ctx.old_tasks]:
+            if task not in self.log_variances:
+                self.log_variances[task] = nn.Parameter(torch.zeros(()))
+        self.log_variances.to(ctx.device)
+
+    def backward(self, ctx: StageContext, losses: Losses) -> None:
+        s = self.log_variances
+        ctx.log(**{f"s_{n}": s[n].item() for n in losses})
+        torch.stack([torch.exp(-s[n]) * total(losses[n]) + s[n] for n in losses]).sum().backward()
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.log_variances.values())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {n: s.detach().cpu() for n, s in self.log_variances.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for n, s in state.items():
+            self.log_variances[n] = nn.Parameter(s.clone())

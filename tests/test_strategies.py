@@ -1,0 +1,371 @@
+"""Strategies on small known problems, and every registered strategy through stages 2 and 3."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+from conftest import REPO, merge
+from seqmtl.data import TaskDataset, build_dataset, class_names, collate
+from seqmtl.model import UnifiedModel
+from seqmtl.strategies import (
+    STRATEGIES,
+    StageContext,
+    build_strategy,
+    shared_parameters,
+    total,
+)
+from seqmtl.strategies.pcgrad import project_conflicting
+from seqmtl.tasks import Targets, build_tasks
+from seqmtl.train import StagePaths, load_checkpoint, train_stage
+
+SMALL = {
+    "device": "cpu",
+    "model": {"backbone": "mobilenet_v3_small", "pretrained": False, "channels": 16,
+              "head_layers": 2},
+    "stage1": {"epochs": 1, "batch_size": 4, "image_size": 64},
+    "stage2": {"epochs": 1, "batch_size": 4, "image_size": 64},
+    "stage3": {"epochs": 1, "batch_size": 4, "image_size": 64},
+    "train": {"eval_every": 1, "checkpoint_every": 1},
+    "replay": {"per_task": 4, "batch_size": 2},
+    "gradnorm": {"per_task": 4, "batch_size": 2},
+    "pcgrad": {"per_task": 4, "batch_size": 2},
+    "uncertainty": {"per_task": 4, "batch_size": 2},
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: these models are tiny, and two threads on two shared cores stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_params(**change: Any) -> dict[str, Any]:
+    """The repo's params.yaml with the small model and one-epoch stages of SMALL, then `change`."""
+    return merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), SMALL), change)
+
+
+def small_model(mini: Path) -> UnifiedModel:
+    torch.manual_seed(0)
+    counts = {task: len(names) for task, names in class_names(mini).items()}
+    return UnifiedModel(counts, "mobilenet_v3_small", False, 16, 2)
+
+
+def context(model: nn.Module, mini: Path, task: str, old: list[str]) -> StageContext:
+    """A stage context on the tiny datasets at 64 px, batch 4, on the cpu."""
+    sets: dict[str, TaskDataset] = {}
+
+    def train_data(t: str) -> TaskDataset:
+        if t not in sets:
+            sets[t] = build_dataset(mini, t, "train", 64, train=True)
+        return sets[t]
+
+    tasks = build_tasks(model.num_classes, 0.5)
+    return StageContext(model, tasks, task, old, torch.device("cpu"), 0, 4, train_data)
+
+
+# --- GradNorm ---
+
+
+class TwoHeads(nn.Module):
+    """A shared linear layer (GradNorm's W) and one linear regression head per loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(8, 16)
+        self.heads = nn.ModuleList([nn.Linear(16, 1), nn.Linear(16, 1)])
+
+    def shared_layer(self) -> nn.Module:
+        return self.shared
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features = torch.relu(self.shared(x))
+        return [head(features) for head in self.heads]
+
+
+def no_data(task: str) -> TaskDataset:
+    raise AssertionError(f"the toy problem has no {task} dataset")
+
+
+def train_two_losses(name: str, steps: int = 200) -> tuple[StageContext, Tensor]:
+    """Two equally hard regressions, the second loss scaled x100, trained by strategy `name`;
+    the context (with its log) and the final L_i / L_i(0)."""
+    torch.manual_seed(0)
+    model = TwoHeads()
+    x = torch.randn(256, 8)
+    ys = [x @ torch.randn(8, 1), x @ torch.randn(8, 1)]
+    cfg = {"per_task": 1, "batch_size": 1, "alpha": 1.5, "lr": 0.05, "old_weight": 1.0}
+    strategy = build_strategy(name, {name: cfg})
+    ctx = StageContext(model, {}, "det", ["seg"], torch.device("cpu"), 0, 256, no_data)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def losses() -> dict[str, dict[str, Tensor]]:
+        out = model(x)
+        return {
+            "det": {"mse": F.mse_loss(out[0], ys[0])},
+            "seg": {"mse": 100 * F.mse_loss(out[1], ys[1])},
+        }
+
+    def values(parts: dict[str, dict[str, Tensor]]) -> Tensor:
+        return torch.stack([total(p) for p in parts.values()]).detach()
+
+    initial = values(losses())
+    for _ in range(steps):
+        optimizer.zero_grad()
+        strategy.backward(ctx, losses())
+        optimizer.step()
+        ctx.step += 1
+    return ctx, values(losses()) / initial
+
+
+def test_gradnorm_moves_weights_toward_equal_training_rates() -> None:
+    ctx, rates = train_two_losses("gradnorm")
+    _, plain_rates = train_two_losses("naive")
+    assert len(ctx.history) == 200
+    assert ctx.history[0]["w_det"] == ctx.history[0]["w_seg"] == 1.0
+    for row in ctx.history:
+        assert row["w_det"] + row["w_seg"] == pytest.approx(2.0, abs=1e-5)
+        assert row["w_det"] >= 0 and row["w_seg"] >= 0
+    # The x100 loss gives up weight (toward 1 : 100) ...
+    last = ctx.history[-1]
+    assert last["w_seg"] < 0.05 * last["w_det"]
+    # ... and the relative training rates L_i / L_i(0) come far closer than with the plain sum.
+    assert rates[0] / rates[1] < (plain_rates[0] / plain_rates[1]) / 10
+
+
+# --- PCGrad ---
+
+
+def test_pcgrad_removes_conflicts_and_keeps_agreeing_gradients() -> None:
+    generator = torch.Generator().manual_seed(0)
+    conflicting = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 1.0, 0.5]])
+    assert conflicting[0] @ conflicting[1] < 0
+    combined = project_conflicting(conflicting, generator)
+    for g in conflicting:
+        assert combined @ g >= -1e-6
+    # Two-gradient PCGrad by hand: each loses its component along the other.
+    g1, g2 = conflicting
+    expected = (g1 - (g1 @ g2) / (g2 @ g2) * g2) + (g2 - (g1 @ g2) / (g1 @ g1) * g1)
+    torch.testing.assert_close(combined, expected)
+
+    agreeing = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, -0.2], [0.2, 0.1, 1.0]])
+    assert ((agreeing @ agreeing.T) >= 0).all()
+    torch.testing.assert_close(project_conflicting(agreeing, generator), agreeing.sum(0))
+
+
+def test_pcgrad_three_conflicting_gradients_in_seeded_order() -> None:
+    grads = torch.randn(3, 50, generator=torch.Generator().manual_seed(1))
+    grads[2] = -grads[0] + 0.1 * grads[2]
+    first = project_conflicting(grads, torch.Generator().manual_seed(5))
+    again = project_conflicting(grads, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(first, again)
+
+
+# --- EWC ---
+
+
+def test_ewc_penalty_is_zero_at_anchor_and_its_gradient_is_2_lambda_f_delta(
+    tiny_mini: Path,
+) -> None:
+    model = small_model(tiny_mini)
+    strategy = build_strategy("ewc", {"ewc": {"lambda": 3.0, "gamma": 1.0}})
+    strategy.before_stage(context(model, tiny_mini, "det", ["seg"]))
+    params = shared_parameters(model)
+    assert set(strategy.fisher) == set(params)
+    assert all((f >= 0).all() for f in strategy.fisher.values())
+    assert sum(f.sum() for f in strategy.fisher.values()) > 0
+
+    assert strategy.penalty(model).item() == 0.0
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(torch.randn_like(p) * 0.01)
+    model.zero_grad()
+    strategy.penalty(model).backward()
+    for name, p in params.items():
+        expected = 2 * 3.0 * strategy.fisher[name] * (p.detach() - strategy.anchor[name])
+        torch.testing.assert_close(p.grad, expected)
+
+
+def test_ewc_accumulates_fishers_online(tiny_mini: Path) -> None:
+    model = small_model(tiny_mini)
+    strategy = build_strategy("ewc", {"ewc": {"lambda": 1.0, "gamma": 0.5}})
+    ctx = context(model, tiny_mini, "det", ["seg"])
+    strategy.before_stage(ctx)
+    seg = {n: f.clone() for n, f in strategy.fisher.items()}
+    strategy.after_stage(ctx)
+    assert strategy.tasks == ["seg", "det"]
+    name = next(iter(seg))
+    assert (strategy.fisher[name] >= 0.5 * seg[name] - 1e-12).all()
+
+
+# --- LwF ---
+
+
+def test_lwf_teacher_never_changes_during_the_stage(tiny_mini: Path) -> None:
+    model = small_model(tiny_mini)
+    ctx = context(model, tiny_mini, "cls", ["seg", "det"])
+    strategy = build_strategy("lwf", {"lwf": {"lambda": 1.0, "temperature": 2.0}})
+    strategy.before_stage(ctx)
+    teacher = {k: v.clone() for k, v in strategy.teacher.state_dict().items()}
+    student = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    loader = torch.utils.data.DataLoader(ctx.train_data("cls"), batch_size=4, collate_fn=collate)
+    for images, targets in loader:
+        optimizer.zero_grad()
+        losses = strategy.losses(ctx, images, targets)
+        assert set(losses["lwf"]) == {"seg", "det_cls", "det_ctr", "det_box"}
+        strategy.backward(ctx, losses)
+        optimizer.step()
+    assert not strategy.teacher.training
+    assert all(not p.requires_grad for p in strategy.teacher.parameters())
+    for key, value in strategy.teacher.state_dict().items():
+        torch.testing.assert_close(value, teacher[key], rtol=0, atol=0)
+    assert any(not torch.equal(v, student[k]) for k, v in model.state_dict().items())
+
+
+# --- cumulative ---
+
+
+class IndexRecorder(StageContext):
+    """A context whose task losses only record which training samples they were given."""
+
+    seen: dict[str, set[int]]
+
+    def loss(self, task: str, images: Tensor, targets: Targets) -> dict[str, Tensor]:
+        self.seen.setdefault(task, set()).update(t["index"] for t in targets)
+        return {"zero": torch.zeros(())}
+
+
+def test_cumulative_sees_every_task_samples(tiny_mini: Path) -> None:
+    model = small_model(tiny_mini)
+    base = context(model, tiny_mini, "cls", ["seg", "det"])
+    ctx = IndexRecorder(**{f: getattr(base, f) for f in ("model", "tasks", "task", "old_tasks",
+                                                         "device", "seed", "batch_size",
+                                                         "train_data")})  # fmt: skip
+    ctx.seen = {}
+    strategy = build_strategy("cumulative", {})
+    strategy.before_stage(ctx)
+    loader = torch.utils.data.DataLoader(ctx.train_data("cls"), batch_size=4, collate_fn=collate)
+    for images, targets in loader:
+        assert set(strategy.losses(ctx, images, targets)) == {"cls", "seg", "det"}
+    for task in ("seg", "det", "cls"):
+        assert ctx.seen[task] == set(range(len(ctx.train_data(task)))), task
+
+
+# --- independent ---
+
+
+def test_independent_shares_no_parameter_between_tasks(tiny_mini: Path) -> None:
+    strategy = build_strategy("independent", {})
+    single = small_model(tiny_mini)
+    stage1 = {"model": single.state_dict(), "tasks": ["seg"], "strategy": "naive"}
+    model = strategy.load_model(lambda: small_model(tiny_mini), stage1, ["seg", "det"])
+    torch.testing.assert_close(model.members["seg"].state_dict(), single.state_dict())
+    stage2 = {"model": model.state_dict(), "tasks": ["seg", "det"], "strategy": "independent"}
+    model = strategy.load_model(lambda: small_model(tiny_mini), stage2, ["seg", "det", "cls"])
+    det = {k.removeprefix("members.det."): v for k, v in stage2["model"].items()
+           if k.startswith("members.det.")}  # fmt: skip
+    torch.testing.assert_close(model.members["det"].state_dict(), det)
+
+    storages = {t: {p.data_ptr() for p in m.parameters()} for t, m in model.members.items()}
+    assert not storages["seg"] & storages["det"]
+    assert not storages["seg"] & storages["cls"]
+    assert not storages["det"] & storages["cls"]
+    count = sum(p.numel() for p in model.parameters())
+    assert count == 3 * sum(p.numel() for p in single.parameters())
+    assert model.num_classes == single.num_classes
+
+    strategy.before_stage(context(model, tiny_mini, "cls", ["seg", "det"]))
+    model.train()
+    assert not model.members["seg"].training and not model.members["det"].training
+    assert model.members["cls"].training
+    outputs = model(torch.rand(2, 3, 64, 64), tasks=("cls",))
+    assert set(outputs) == {"cls"}
+    outputs["cls"].sum().backward()
+    for task, member in model.members.items():
+        grads = [p.grad for p in member.parameters()]
+        assert all(g is not None for g in grads) == (task == "cls"), task
+    assert set(model(torch.rand(1, 3, 64, 64))) == {"seg", "det", "cls"}
+
+
+# --- every strategy through the stages ---
+
+
+@pytest.fixture(scope="module")
+def stage1(tiny_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stage 1's checkpoint of the small model, the starting point of every strategy."""
+    root = tmp_path_factory.mktemp("stage1")
+    train_stage(1, small_params(), stage_paths(root, tiny_mini, 1, None))
+    return root / "stage1.pt"
+
+
+def stage_paths(root: Path, mini: Path, stage: int, previous: Path | None) -> StagePaths:
+    return StagePaths(
+        mini=mini,
+        previous=previous,
+        checkpoint=root / f"stage{stage}.pt",
+        snapshots=root / f"stage{stage}_epochs",
+        metrics=root / f"stage{stage}.json",
+        timing=root / f"stage{stage}_time.json",
+        plots=root / f"plots{stage}",
+    )
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_runs_stages_2_and_3(
+    name: str, stage1: Path, tiny_mini: Path, tmp_path: Path
+) -> None:
+    params = small_params(strategy=name)
+    previous = stage1
+    for stage in (2, 3):
+        paths = stage_paths(tmp_path, tiny_mini, stage, previous)
+        metrics = train_stage(stage, params, paths)
+        assert metrics["strategy"] == name
+        assert list(metrics["final"]) == ["seg", "det", "cls"][:stage]
+        model, checkpoint = load_checkpoint(paths.checkpoint, params, tiny_mini, 0)
+        assert checkpoint["strategy"] == name and len(checkpoint["tasks"]) == stage
+        assert set(model(torch.rand(1, 3, 64, 64))) >= set(checkpoint["tasks"])
+        previous = paths.checkpoint
+    if name == "gradnorm":
+        with open(tmp_path / "plots3" / "strategy.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        assert rows and {"w_seg", "w_det", "w_cls"} <= set(rows[0])
+        for row in rows:
+            assert sum(float(row[f"w_{t}"]) for t in ("seg", "det", "cls")) == pytest.approx(3)
+
+
+def test_unknown_strategy_fails_with_a_clear_message(stage1: Path, tiny_mini: Path,
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown strategy 'nope'; known: .*gradnorm"):
+        train_stage(2, small_params(strategy="nope"), stage_paths(tmp_path, tiny_mini, 2, stage1))
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value"),
+    [
+        ("ewc", "lambda", -1.0),
+        ("ewc", "gamma", 1.5),
+        ("lwf", "lambda", -0.1),
+        ("lwf", "temperature", 0),
+        ("gradnorm", "alpha", -1),
+        ("gradnorm", "lr", 0.0),
+        ("gradnorm", "old_weight", "one"),
+    ],
+)
+def test_bad_strategy_params_are_rejected_by_name(name: str, key: str, value: Any) -> None:
+    params = small_params()
+    params[name][key] = value
+    with pytest.raises(ValueError, match=rf"^{name}\.{key} must be"):
+        build_strategy(name, params)
