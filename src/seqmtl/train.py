@@ -112,19 +112,27 @@ def load_checkpoint(
     return model, checkpoint
 
 
-def train_stage(stage: int, params: dict[str, Any], paths: StagePaths) -> dict[str, Any]:
+def train_stage(
+    stage: int, params: dict[str, Any], paths: StagePaths, single_task: bool = False
+) -> dict[str, Any]:
     """Train stage `stage` (1 = seg, 2 = det, 3 = cls); write its checkpoint, metrics and plots.
 
     Stage 1 has no earlier task to protect, so it always trains naively and reads no strategy
     parameter: its checkpoint is the shared starting point of every strategy.
+
+    `single_task` trains the single-task reference of the stage: its task alone with the stage's
+    budget, naively, evaluating only that task, epochs counted from 1; it reads neither `strategy`
+    nor another stage's params. With `paths.previous` None it starts, like stage 1, from the
+    fresh initialisation (`model_factory` with the same seed).
     """
     name = f"stage{stage}"
     cfg, train_cfg = params[name], params["train"]
     check_stage_params(cfg, name)
-    task, seen = TASKS[stage - 1], list(TASKS[:stage])
+    task = TASKS[stage - 1]
+    seen = [task] if single_task else list(TASKS[:stage])
     seed = int(params["seed"])
     device = resolve_device(params["device"])
-    strategy_name = "naive" if stage == 1 else params["strategy"]
+    strategy_name = "naive" if stage == 1 or single_task else params["strategy"]
     strategy = build_strategy(strategy_name, params)
     previous = None
     if paths.previous is not None:
@@ -173,7 +181,9 @@ def train_stage(stage: int, params: dict[str, Any], paths: StagePaths) -> dict[s
     )
     epochs = int(cfg["epochs"])
     scheduler = warmup_cosine(optimizer, epochs * len(loader), float(train_cfg["warmup"]))
-    first_epoch = sum(int(params[f"stage{s}"]["epochs"]) for s in range(1, stage))
+    first_epoch = (
+        0 if single_task else sum(int(params[f"stage{s}"]["epochs"]) for s in range(1, stage))
+    )
     train_rows: list[dict[str, Any]] = []
     val_rows: list[dict[str, Any]] = []
     scores: dict[str, dict[str, float]] = {}

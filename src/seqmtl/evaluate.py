@@ -1,0 +1,182 @@
+"""The numbers of a sequence's evaluation: forgetting matrix, drops and verdicts, forgetting and
+backward transfer, and the efficiency of the final model.
+
+Notation: the tasks are learned in stages 1..T (seg, det, cls), and R[i][j] is task j's primary
+metric (seg mIoU, det mAP@.5, cls top-1) on its val split at the end of stage i, for j <= i
+(0-based in code). All these metrics lie in [0, 1]; values are kept to 6 decimals, the precision
+of the stage metrics.
+
+- Baseline of task j: R[j][j], its metric right after its own stage. Final: R[T][j].
+- Drop against a baseline b: absolute b - final, relative (b - final) / b; the task passes when
+  the relative drop is at most `max_drop` (compared after rounding to 6 decimals, so the verdict
+  flips exactly at the threshold).
+- Near chance: a value v with v - chance <= margin * (1 - chance), i.e. covering at most `margin`
+  of the way from the chance level to a perfect 1. A task whose baseline is near chance was never
+  learned: its verdict is "not learned", never a pass, and its relative drop is not defined.
+- Single-task reference: the same initialisation trained on the task alone with its stage's
+  budget (for the first task, stage 1 itself); the final metric is compared with it as with the
+  baseline.
+- Forgetting of task j < T (Chaudhry et al. 2018): f_j = max over l in j..T-1 of R[l][j] - R[T][j],
+  the loss from the best value it had before the last stage; mean forgetting is the mean over j < T.
+- Backward transfer (Lopez-Paz & Ranzato 2017, GEM): BWT = mean over j < T of R[T][j] - R[j][j];
+  negative means forgetting. Both are in absolute metric units.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import torch
+from torch import nn
+
+from seqmtl.bench import inference_ms
+from seqmtl.data import TASKS
+from seqmtl.tasks import Classification, Detection, Segmentation
+from seqmtl.train import peak_memory_mb
+
+PRIMARY = {task.name: task.primary for task in (Segmentation, Detection, Classification)}
+METRIC_NAME = {"miou": "mIoU", "map50": "mAP@.5", "top1": "top-1"}
+DIGITS = 6
+
+Matrix = list[list[float]]
+
+
+def forgetting_matrix(stages: list[dict[str, Any]]) -> Matrix:
+    """R[i][j] from the stage metrics (metrics/stage{i+1}.json): task j's primary metric in
+    stage i + 1's final scores, for j <= i."""
+    return [
+        [stage["final"][task][PRIMARY[task]] for task in TASKS[: i + 1]]
+        for i, stage in enumerate(stages)
+    ]
+
+
+def forgetting(matrix: Matrix) -> list[float]:
+    """f_j = max_{j <= l < T} R[l][j] - R[T][j] for every task j learned before the last stage."""
+    last = matrix[-1]
+    return [
+        round(max(row[j] for row in matrix[j:-1]) - last[j], DIGITS) for j in range(len(last) - 1)
+    ]
+
+
+def backward_transfer(matrix: Matrix) -> float:
+    """BWT = mean over j < T of R[T][j] - R[j][j]."""
+    last = matrix[-1]
+    return round(statistics.fmean(last[j] - matrix[j][j] for j in range(len(last) - 1)), DIGITS)
+
+
+def near_chance(value: float, chance: float, margin: float) -> bool:
+    """value - chance <= margin * (1 - chance) (both sides to 6 decimals)."""
+    return round(value - chance, DIGITS) <= round(margin * (1 - chance), DIGITS)
+
+
+def compare(
+    baseline: float, final: float, chance: float, max_drop: float, margin: float
+) -> dict[str, Any]:
+    """The drop from `baseline` to `final` and its verdict: "not learned" when the baseline is
+    near chance, else "pass" when the relative drop is at most `max_drop`, else "fail"."""
+    absolute = round(baseline - final, DIGITS)
+    if near_chance(baseline, chance, margin):
+        return {"absolute": absolute, "relative": None, "verdict": "not learned"}
+    relative = round(absolute / baseline, DIGITS)
+    return {
+        "absolute": absolute,
+        "relative": relative,
+        "verdict": "pass" if relative <= max_drop else "fail",
+    }
+
+
+def evaluate_sequence(
+    stages: list[dict[str, Any]],
+    references: dict[str, dict[str, Any]],
+    max_drop: float,
+    chance_margin: float,
+    parameters: int,
+) -> dict[str, Any]:
+    """The deterministic evaluation (metrics/eval.json) from the stage metrics in order, per task
+    the metrics of its single-task reference, and the final model's parameter count. Chance levels
+    come from the last stage."""
+    matrix = forgetting_matrix(stages)
+    chance = stages[-1]["chance"]
+    tasks = {}
+    for j, task in enumerate(TASKS[: len(stages)]):
+        baseline, final = matrix[j][j], matrix[-1][j]
+        reference = references[task]["final"][task][PRIMARY[task]]
+        tasks[task] = {
+            "metric": PRIMARY[task],
+            "chance": chance[task],
+            "baseline": baseline,
+            "final": final,
+            "learned": not near_chance(baseline, chance[task], chance_margin),
+            "final_near_chance": near_chance(final, chance[task], chance_margin),
+            "vs_baseline": compare(baseline, final, chance[task], max_drop, chance_margin),
+            "vs_reference": {"value": reference}
+            | compare(reference, final, chance[task], max_drop, chance_margin),
+        }
+    per_task = dict(zip(TASKS, forgetting(matrix), strict=False))
+    return {
+        "strategy": stages[-1]["strategy"],
+        "max_drop": max_drop,
+        "chance_margin": chance_margin,
+        "tasks": tasks,
+        "matrix": {
+            f"stage{i + 1}": dict(zip(TASKS, row, strict=False)) for i, row in enumerate(matrix)
+        },
+        "forgetting": per_task | {"mean": round(statistics.fmean(per_task.values()), DIGITS)},
+        "bwt": backward_transfer(matrix),
+        "parameters": parameters,
+        "passed": {
+            key: sum(entry[key]["verdict"] == "pass" for entry in tasks.values())
+            for key in ("vs_baseline", "vs_reference")
+        },
+    }
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters of the model (all of them, trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def inference_efficiency(
+    model: nn.Module, device: torch.device, image_size: int, repeats: int
+) -> dict[str, Any]:
+    """Median ms per forward pass of one image_size x image_size image (batch 1, eval mode, every
+    task's outputs, no detection decoding) over `repeats` runs after warm-up, on `device`, with the
+    thread count and the peak memory (GPU allocated on cuda, else the process's peak RSS)."""
+    ms = inference_ms(model.to(device), device, image_size, repeats)
+    return {
+        "ms_per_image": round(ms, 2),
+        "image_size": image_size,
+        "batch_size": 1,
+        "repeats": repeats,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+    }
+
+
+def efficiency_summary(
+    stage_timings: dict[str, dict[str, Any]],
+    reference_timings: dict[str, dict[str, Any]],
+    inference: dict[str, Any],
+) -> dict[str, Any]:
+    """The non-deterministic numbers (metrics/efficiency.json): each training run's seconds, peak
+    memory, device and threads (from metrics/*_time.json) with the total seconds and the largest
+    peak, for the stages and for the single-task references; and the final model's inference."""
+
+    def summary(timings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        runs = {
+            name: {key: t[key] for key in ("train_seconds", "peak_memory_mb", "device", "threads")}
+            for name, t in timings.items()
+        }
+        return {
+            "runs": runs,
+            "total_seconds": round(sum(r["train_seconds"] for r in runs.values()), 2),
+            "max_peak_memory_mb": max(r["peak_memory_mb"] for r in runs.values()),
+        }
+
+    return {
+        "training": summary(stage_timings),
+        "references": summary(reference_timings),
+        "inference": inference,
+    }

@@ -1,0 +1,170 @@
+"""The results section as markdown, generated from metrics/eval.json and metrics/efficiency.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from seqmtl.data import TASKS
+from seqmtl.evaluate import METRIC_NAME
+
+TASK_HEADER = [
+    "Task",
+    "Metric",
+    "Chance",
+    "After own stage",
+    "Final",
+    "Drop",
+    "Verdict",
+    "Single-task ref.",
+    "Drop vs ref.",
+    "Verdict vs ref.",
+]
+
+
+def table(header: list[str], rows: list[list[str]], align: str) -> str:
+    """A markdown table; `align` has one character per column: l(eft) or r(ight)."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, rule, *rows])
+
+
+def drop_text(comparison: dict[str, Any]) -> str:
+    """'absolute (relative %)', the relative part a dash when it is not defined."""
+    relative = comparison["relative"]
+    share = "—" if relative is None else f"{100 * relative:.2f} %"
+    return f"{comparison['absolute']:.3f} ({share})"
+
+
+def verdict_text(comparison: dict[str, Any]) -> str:
+    return f"**{comparison['verdict']}**"
+
+
+def findings(evaluation: dict[str, Any]) -> list[str]:
+    """Sentences on what the verdicts alone would hide: tasks never learned, tasks forgotten down to
+    chance, references that learned nothing."""
+    lines = []
+    for task, e in evaluation["tasks"].items():
+        name = f"{task} {METRIC_NAME[e['metric']]}"
+        if not e["learned"]:
+            lines.append(
+                f"**{task} was never learned**: its {name} right after its own stage, "
+                f"{e['baseline']:.3f}, is at chance level ({e['chance']:.3f}); "
+                "its drop against its own baseline means nothing."
+            )
+        elif e["final_near_chance"]:
+            lines.append(
+                f"**{task} is forgotten down to chance**: final {name} {e['final']:.3f} "
+                f"against a chance level of {e['chance']:.3f} (it was {e['baseline']:.3f})."
+            )
+        if e["vs_reference"]["verdict"] == "not learned":
+            lines.append(
+                f"**The single-task reference did not learn {task} either** "
+                f"({name} {e['vs_reference']['value']:.3f})."
+            )
+    return lines
+
+
+def render_report(
+    evaluation: dict[str, Any], efficiency: dict[str, Any], figures: dict[str, str]
+) -> str:
+    """The report; `figures` maps each caption to its image's path relative to the report."""
+    tasks, matrix = evaluation["tasks"], evaluation["matrix"]
+    n = len(tasks)
+    limit = f"{100 * evaluation['max_drop']:g} %"
+    task_rows = [
+        [
+            task,
+            METRIC_NAME[e["metric"]],
+            f"{e['chance']:.3f}",
+            f"{e['baseline']:.3f}",
+            f"{e['final']:.3f}",
+            drop_text(e["vs_baseline"]),
+            verdict_text(e["vs_baseline"]),
+            f"{e['vs_reference']['value']:.3f}",
+            drop_text(e["vs_reference"]),
+            verdict_text(e["vs_reference"]),
+        ]
+        for task, e in tasks.items()
+    ]
+    matrix_rows = [
+        [f"{i + 1} ({TASKS[i]})"]
+        + [
+            "—" if t not in row else f"**{row[t]:.3f}**" if t == TASKS[i] else f"{row[t]:.3f}"
+            for t in tasks
+        ]
+        for i, row in enumerate(matrix.values())
+    ]
+    forgetting = evaluation["forgetting"]
+    per_task_forgetting = ", ".join(f"{t} {v:.3f}" for t, v in forgetting.items() if t != "mean")
+    training, references, inference = (
+        efficiency[key] for key in ("training", "references", "inference")
+    )
+    devices = {f"{r['device']}, {r['threads']} threads" for r in training["runs"].values()}
+    efficiency_rows = [
+        ["Parameters", f"{evaluation['parameters'] / 1e6:.2f} M ({evaluation['parameters']:,})"],
+        [
+            "Inference",
+            f"{inference['ms_per_image']:.1f} ms per {inference['image_size']}x"
+            f"{inference['image_size']} image (median of {inference['repeats']} runs after "
+            f"warm-up, batch {inference['batch_size']}, {inference['device']}, "
+            f"{inference['threads']} threads; every task's outputs, no detection decoding)",
+        ],
+        [
+            "Training time",
+            f"{training['total_seconds']:.1f} s in all: "
+            + ", ".join(
+                f"{name} {r['train_seconds']:.1f} s" for name, r in training["runs"].items()
+            )
+            + f" ({'; '.join(sorted(devices))})",
+        ],
+        [
+            "Single-task references",
+            ", ".join(
+                f"{name} {r['train_seconds']:.1f} s" for name, r in references["runs"].items()
+            )
+            + " of training",
+        ],
+        [
+            "Peak memory",
+            f"training {training['max_peak_memory_mb']:.0f} MB (largest stage), inference "
+            f"{inference['peak_memory_mb']:.0f} MB (GPU memory allocated on cuda, else the "
+            "process's peak resident set)",
+        ],
+    ]
+    found = findings(evaluation)
+    parts = [
+        f"# Results: strategy `{evaluation['strategy']}`",
+        "*Generated by `stages/evaluate.py` from `metrics/eval.json` and "
+        "`metrics/efficiency.json`; do not edit by hand.*",
+        f"One model with one shared head learns {' → '.join(tasks)}, one task per stage. Each "
+        "task is scored on its val split with its primary metric: right after its own stage "
+        "(its baseline) and at the end of the sequence (final). The drop is baseline minus final, "
+        f"also relative to the baseline; a task passes when the relative drop is at most {limit}. "
+        "The stricter comparison is with the single-task reference: the same initialisation "
+        f"trained on that task alone with the same budget (for {TASKS[0]}, stage 1 itself). "
+        "A task whose baseline is at chance level "
+        f"(within {100 * evaluation['chance_margin']:g} % of the way from chance to a perfect "
+        "score) is reported as not learned, never as a pass.",
+        "## Per-task results",
+        table(TASK_HEADER, task_rows, "llrrrrlrrl"),
+        f"Passed (≤ {limit}): {evaluation['passed']['vs_baseline']} of {n} tasks against their "
+        f"own baseline, {evaluation['passed']['vs_reference']} of {n} against the single-task "
+        "reference.",
+        *(["\n".join(f"- {line}" for line in found)] if found else []),
+        "## Forgetting",
+        "R[i][j], task j's metric at the end of stage i (its baseline in bold):",
+        table(
+            ["After stage", *(f"{t} ({METRIC_NAME[e['metric']]})" for t, e in tasks.items())],
+            matrix_rows,
+            "l" + "r" * n,
+        ),
+        f"Mean forgetting {forgetting['mean']:.3f} ({per_task_forgetting}); backward transfer "
+        f"BWT {evaluation['bwt']:+.3f}. Forgetting of task j (Chaudhry et al. 2018) is its best "
+        "value before the last stage minus its final value; BWT (Lopez-Paz & Ranzato 2017) is "
+        "the mean over the tasks before the last of final minus baseline, negative when the model "
+        "forgets. Both are in metric units, averaged over the tasks before the last.",
+        "## Efficiency",
+        table(["", ""], efficiency_rows, "ll"),
+        "## Figures",
+        *(f"**{caption}**\n\n![{caption}]({path})" for caption, path in figures.items()),
+    ]
+    return "\n\n".join(parts) + "\n"
