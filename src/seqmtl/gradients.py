@@ -1,0 +1,582 @@
+"""Gradient analysis of the training snapshots: noise scale, batch-gradient similarity, t-SNE of
+gradient directions, and interference between the tasks' gradients on the shared parameters.
+
+Conventions:
+
+- Shared parameters: every backbone, neck (FPN) and head-hidden-layer parameter, i.e. all but
+  the head's last 1x1 conv (whose output channels are split between the tasks). Layer groups:
+  early backbone (what the stride-8 feature map depends on), late backbone (the rest of the
+  backbone), neck, head.
+- BatchNorm in eval mode (running statistics) and no augmentation: a batch's loss is then a fixed
+  function of its images, the one the model computes at evaluation, and the gradients of a
+  partition of the analysed set average exactly to its full gradient. (Train-mode BN would make
+  each image's gradient depend on its batch mates, and move the running statistics.)
+- Analysed set of a task: its training split (a seeded subset of `images` of it, when given),
+  truncated to a multiple of B_big and split into batches of B_small images in a seeded random
+  order, the same at every snapshot. A batch gradient is that of the task's loss (as the training
+  loop computes it) on one such batch; a B_big gradient is the mean of B_big / B_small consecutive
+  ones (gradient accumulation); the full gradient g_D is the mean of all of them.
+- Batch-gradient cosines and the t-SNE use a count sketch of the gradients (`CountSketch`); task
+  cosines and norms are exact. Gradients are flattened to float32; sums of squares in float64.
+- A pair of tasks is compared on the parameters both losses reach; where they reach none in
+  common (one trunk per task), the cosine is not applicable and reported as null.
+- Runs on the CPU, where the model is loaded: the same inputs give byte-identical outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from sklearn.manifold import TSNE
+from torch import Tensor, nn
+from torchvision.ops import FeaturePyramidNetwork
+
+from seqmtl.backbones import Backbone
+from seqmtl.data import TASKS, TaskDataset, build_dataset, collate
+from seqmtl.files import atomic_dir, atomic_file, write_json
+from seqmtl.model import Head
+from seqmtl.strategies import total
+from seqmtl.tasks import Task, build_tasks
+from seqmtl.train import load_checkpoint
+
+GROUPS = ("early_backbone", "late_backbone", "neck", "head")
+PNG_METADATA = {"Software": None}  # no version string in the files: same figure, same bytes
+
+
+@dataclass(frozen=True)
+class SharedParameters:
+    """The analysed parameters in model order, with their names and layer groups."""
+
+    names: list[str]
+    params: list[nn.Parameter]
+    groups: list[str]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [p.numel() for p in self.params]
+
+    def count(self, group: str | None = None) -> int:
+        """Number of scalars in `group` (all groups when None)."""
+        return sum(n for n, g in zip(self.sizes, self.groups, strict=True) if group in (None, g))
+
+
+def shared_parameters(model: nn.Module) -> SharedParameters:
+    """Parameters of every `Backbone`, `FeaturePyramidNetwork` and `Head.hidden` in `model`,
+    grouped; a backbone's early group is found from the autograd graph of its stride-8 output
+    on a dummy input (the model must be in eval mode, so that no BN statistics move, and its
+    parameters must require gradients)."""
+    group_of: dict[int, str] = {}
+    for module in model.modules():
+        if isinstance(module, Backbone):
+            params = list(module.parameters())
+            probe = next(iter(params))
+            c3 = module(torch.zeros(1, 3, 64, 64, device=probe.device))[0]
+            early = torch.autograd.grad(c3.sum(), params, allow_unused=True)
+            for p, g in zip(params, early, strict=True):
+                group_of[id(p)] = "late_backbone" if g is None else "early_backbone"
+        elif isinstance(module, FeaturePyramidNetwork):
+            group_of |= {id(p): "neck" for p in module.parameters()}
+        elif isinstance(module, Head):
+            group_of |= {id(p): "head" for p in module.hidden.parameters()}
+    named = [(n, p) for n, p in model.named_parameters() if id(p) in group_of]
+    if not named:
+        raise ValueError(f"{type(model).__name__} has no backbone, neck or head parameters")
+    return SharedParameters(
+        [n for n, _ in named], [p for _, p in named], [group_of[id(p)] for _, p in named]
+    )
+
+
+def flat_gradient(loss: Tensor, params: list[nn.Parameter]) -> tuple[Tensor, Tensor]:
+    """∇loss w.r.t. `params` concatenated into one float32 vector (zeros for parameters the loss
+    does not reach), and the boolean mask of the parameters it reaches."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    reached = torch.tensor([g is not None for g in grads])
+    flat = [
+        (torch.zeros_like(p) if g is None else g).reshape(-1).float()
+        for p, g in zip(params, grads, strict=True)
+    ]
+    return torch.cat(flat), reached
+
+
+class TaskGradients:
+    """Iterable over the batch gradients of `task` on `shared`, one per batch of `batch_size`
+    images of `dataset` taken in `order`; after iterating, `reached` marks the parameters the
+    task's loss depends on."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        dataset: TaskDataset,
+        order: Tensor,
+        batch_size: int,
+        shared: SharedParameters,
+    ) -> None:
+        self.model, self.task, self.dataset = model, task, dataset
+        self.order, self.batch_size, self.shared = order, batch_size, shared
+        self.reached = torch.zeros(len(shared.params), dtype=torch.bool)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        device = self.shared.params[0].device
+        for start in range(0, len(self.order), self.batch_size):
+            indices = self.order[start : start + self.batch_size].tolist()
+            images, targets = collate([self.dataset[i] for i in indices])
+            outputs = self.model(images.to(device), tasks=(self.task.name,))
+            loss = total(self.task.loss(outputs, targets, images.shape[-1]))
+            gradient, reached = flat_gradient(loss, self.shared.params)
+            self.reached |= reached
+            yield gradient
+
+
+class CountSketch:
+    """A sparse Johnson-Lindenstrauss projection R^n -> R^dim (count sketch, or feature hashing:
+    Charikar et al. 2002, Weinberger et al. 2009): coordinate i is added with sign s(i) = ±1 to
+    bucket h(i), both drawn once from a torch.Generator seeded with `seed`.
+
+    <Sx, Sy> is an unbiased estimate of <x, y> with variance at most
+    (|x|²|y|² + <x, y>²) / dim, so for unit vectors the cosine error has a standard deviation of
+    at most sqrt(2 / dim) (0.011 at dim = 16384). Chosen over scikit-learn's random projections,
+    which build an explicit n x dim matrix: at millions of parameters the sketch needs only one
+    bucket and one sign per parameter, and one pass over the vector.
+    """
+
+    def __init__(self, n: int, dim: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.dim = dim
+        self.bucket = torch.randint(dim, (n,), generator=generator)
+        self.sign = torch.randint(2, (n,), generator=generator).float() * 2 - 1
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.bincount(self.bucket, weights=x * self.sign, minlength=self.dim)
+
+
+def cosine_matrix(vectors: Tensor) -> Tensor:
+    """(n, n) cosines between the rows of `vectors`."""
+    unit = F.normalize(vectors, dim=1)
+    return (unit @ unit.T).clamp(-1, 1)
+
+
+@dataclass(frozen=True)
+class NoiseScale:
+    """Estimates of |G|² and tr(Σ), and B_simple = tr(Σ) / |G|² (in images; None when the |G|²
+    estimate is not positive, i.e. the noise swamps the gradient at this sample size)."""
+
+    grad_sq: float
+    trace: float
+    simple: float | None
+
+
+def noise_scale(sq_small: float, sq_big: float, b_small: int, b_big: int) -> NoiseScale:
+    """The simple noise scale from mean squared batch-gradient norms at two batch sizes.
+
+    McCandlish et al. 2018 (An Empirical Model of Large-Batch Training), appendix A.1: from
+    E|g_B|² = |G|² + tr(Σ) / B,
+        |G|² ≈ (B_big |g_big|² - B_small |g_small|²) / (B_big - B_small),
+        tr(Σ) ≈ (|g_small|² - |g_big|²) / (1 / B_small - 1 / B_big),
+    both unbiased. When the batches partition a sample of N images the finite-population terms
+    (-tr(Σ) / N in both E|g_B|²) cancel in tr(Σ) and leave |G|² unbiased for the population.
+    """
+    if not 0 < b_small < b_big:
+        raise ValueError(f"need 0 < B_small < B_big, got {b_small} and {b_big}")
+    grad_sq = (b_big * sq_big - b_small * sq_small) / (b_big - b_small)
+    trace = (sq_small - sq_big) / (1 / b_small - 1 / b_big)
+    return NoiseScale(grad_sq, trace, trace / grad_sq if grad_sq > 0 else None)
+
+
+@dataclass(frozen=True)
+class BatchStatistics:
+    """One task's batch gradients at one snapshot, summarised.
+
+    full: g_D, the mean batch gradient; sq_small / sq_big: mean |g_B|² over the B_small batches /
+    over the B_big means; directions: the sketched batch gradients, unit length, (n, dim);
+    sketch_errors: |sketched - exact| cosine of each pair of consecutive batch gradients.
+    """
+
+    full: Tensor
+    sq_small: float
+    sq_big: float
+    directions: Tensor
+    sketch_errors: list[float]
+
+    def noise_ratio(self, sq_batch: float) -> float:
+        """E|g_B - g_D|² / |g_D|² = (mean |g_B|² - |g_D|²) / |g_D|² (exact: g_D is the mean of
+        the g_B, so their mean inner product with it is |g_D|²)."""
+        full_sq = squared_norm(self.full)
+        return (sq_batch - full_sq) / full_sq
+
+
+def squared_norm(x: Tensor) -> float:
+    """|x|², accumulated in float64."""
+    return torch.linalg.vector_norm(x, dtype=torch.float64).item() ** 2
+
+
+def batch_statistics(
+    batches: Iterable[Tensor], per_big: int, sketch: CountSketch
+) -> BatchStatistics:
+    """Summarise B_small batch gradients, grouping `per_big` consecutive ones into a B_big one
+    (their count must be a multiple of `per_big`); holds three gradients in memory at a time."""
+    full = big = previous = None
+    sq_small = sq_big = 0.0
+    directions, errors = [], []
+    for n, gradient in enumerate(batches, 1):
+        sq_small += squared_norm(gradient)
+        big = gradient.clone() if big is None else big.add_(gradient)
+        full = gradient.clone() if full is None else full.add_(gradient)
+        if n % per_big == 0:
+            sq_big += squared_norm(big / per_big)
+            big = None
+        directions.append(F.normalize(sketch(gradient), dim=0))
+        if previous is not None:
+            exact = F.cosine_similarity(gradient, previous, dim=0).item()
+            errors.append(abs(directions[-1] @ directions[-2] - exact).item())
+        previous = gradient
+    if full is None or big is not None:
+        raise ValueError(f"need a positive multiple of {per_big} batch gradients")
+    return BatchStatistics(
+        full / n, sq_small / n, sq_big / (n // per_big), torch.stack(directions), errors
+    )
+
+
+def task_cosines(
+    full: dict[str, Tensor], reached: dict[str, Tensor], shared: SharedParameters
+) -> dict[str, dict[str, float | None]]:
+    """Cosine between each pair of tasks' full gradients ("seg-det", …), over all shared
+    parameters ("all") and over each layer group, restricted to the parameters both losses
+    reach; None where they reach none in common or a gradient vanishes there."""
+    names = [t for t in TASKS if t in full]
+    sizes = shared.sizes
+    groups = np.array(shared.groups)
+    out: dict[str, dict[str, float | None]] = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            dots = _per_parameter_dots(full[a], full[b], sizes)
+            both = (reached[a] & reached[b]).numpy()
+            out[f"{a}-{b}"] = {"all": _cosine(dots[both])} | {
+                group: _cosine(dots[both & (groups == group)]) for group in GROUPS
+            }
+    return out
+
+
+def _per_parameter_dots(a: Tensor, b: Tensor, sizes: list[int]) -> np.ndarray:
+    """(n_params, 3) rows (<a, b>, |a|², |b|²) per parameter of the flat vectors, in float64."""
+    parts = zip(a.double().split(sizes), b.double().split(sizes), strict=True)
+    return torch.stack([torch.stack([x @ y, x @ x, y @ y]) for x, y in parts]).numpy()
+
+
+def _cosine(dots: np.ndarray) -> float | None:
+    """Σ<a, b> / sqrt(Σ|a|² Σ|b|²) from per-parameter rows (<a, b>, |a|², |b|²)."""
+    ab, aa, bb = dots.sum(0) if len(dots) else (0.0, 0.0, 0.0)
+    return float(ab / math.sqrt(aa * bb)) if aa > 0 and bb > 0 else None
+
+
+def analysed_order(n: int, cfg: dict[str, Any], seed: int) -> Tensor:
+    """Seeded random order of the analysed images of an n-image split: `cfg["images"]` of them
+    (all when null), truncated to a multiple of B_big."""
+    wanted = n if cfg["images"] is None else min(int(cfg["images"]), n)
+    count = wanted - wanted % int(cfg["batch_big"])
+    if count == 0:
+        raise ValueError(
+            f"gradients.batch_big ({cfg['batch_big']}) exceeds the {wanted} analysable images"
+        )
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count]
+
+
+def check_params(cfg: dict[str, Any]) -> None:
+    """Positive integer batch sizes with B_big a multiple of B_small greater than it; positive
+    sketch width and perplexity; `images` null or a positive integer."""
+    for key in ("batch_small", "batch_big", "projection_dim", "tsne_perplexity"):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"gradients.{key} must be a positive integer, got {value!r}")
+    if cfg["batch_big"] % cfg["batch_small"] or cfg["batch_big"] == cfg["batch_small"]:
+        raise ValueError("gradients.batch_big must be a multiple of batch_small greater than it")
+    images = cfg.get("images")
+    if images is not None and (
+        isinstance(images, bool) or not isinstance(images, int) or images <= 0
+    ):
+        raise ValueError(f"gradients.images must be null or a positive integer, got {images!r}")
+
+
+def _round(x: float | None) -> float | None:
+    """Six significant digits (stable JSON across runs)."""
+    return None if x is None else float(f"{x:.6g}")
+
+
+@dataclass(frozen=True)
+class GradientPaths:
+    """Where the gradients stage reads and writes."""
+
+    mini: Path
+    snapshots: list[Path]
+    histories: list[Path]
+    metrics: Path
+    plots: Path
+
+
+def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str, Any]:
+    """Analyse every snapshot of `paths.snapshots` (in stage order) on every task it has seen;
+    write the numbers to `paths.metrics` and the figures under `paths.plots`."""
+    cfg = params["gradients"]
+    check_params(cfg)
+    seed = int(params["seed"])
+    b_small, b_big = int(cfg["batch_small"]), int(cfg["batch_big"])
+    datasets: dict[str, TaskDataset] = {}
+    orders: dict[str, Tensor] = {}
+    snapshots: dict[str, dict[str, Any]] = {}
+    directions: dict[str, dict[str, Tensor]] = {}
+    errors: list[float] = []
+    for path in paths.snapshots:
+        model, checkpoint = load_checkpoint(path, params, paths.mini, seed)
+        model.eval().requires_grad_(True)  # a strategy may have frozen some parameters
+        shared = shared_parameters(model)
+        tasks = build_tasks(model.num_classes, float(params["train"]["score_threshold"]))
+        sketch = CountSketch(shared.count(), int(cfg["projection_dim"]), seed)
+        stats: dict[str, BatchStatistics] = {}
+        reached: dict[str, Tensor] = {}
+        for task in checkpoint["tasks"]:
+            if task not in datasets:
+                stage = TASKS.index(task) + 1
+                size = int(params[f"stage{stage}"]["image_size"])
+                datasets[task] = build_dataset(paths.mini, task, "train", size, train=False)
+                orders[task] = analysed_order(len(datasets[task]), cfg, seed + stage)
+            gradients = TaskGradients(
+                model, tasks[task], datasets[task], orders[task], b_small, shared
+            )
+            stats[task] = batch_statistics(gradients, b_big // b_small, sketch)
+            reached[task] = gradients.reached
+        epoch = int(checkpoint["epoch"])
+        snapshots[path.stem] = {
+            "epoch": epoch,
+            "stage": len(checkpoint["tasks"]),
+            "strategy": checkpoint["strategy"],
+            "tasks": {t: task_summary(s, b_small, b_big) for t, s in stats.items()},
+            "task_cosine": {
+                pair: {group: _round(c) for group, c in cosines.items()}
+                for pair, cosines in task_cosines(
+                    {t: s.full for t, s in stats.items()}, reached, shared
+                ).items()
+            },
+        }
+        directions[path.stem] = {t: s.directions for t, s in stats.items()}
+        errors += [e for s in stats.values() for e in s.sketch_errors]
+    histories = weight_histories(paths.histories)
+    result = {
+        "settings": {
+            "batchnorm": "eval",
+            "batch_small": b_small,
+            "batch_big": b_big,
+            "images": {t: len(o) for t, o in orders.items()},
+            "shared_parameters": {g: shared.count(g) for g in GROUPS} | {"all": shared.count()},
+            "projection": {
+                "kind": "count_sketch",
+                "dim": int(cfg["projection_dim"]),
+                "max_abs_cosine_error": _round(max(errors, default=0.0)),
+                "pairs_checked": len(errors),
+            },
+        },
+        "snapshots": snapshots,
+        "weight_history": {
+            stage: {"steps": len(h), "initial": _rounded(h.iloc[0]), "final": _rounded(h.iloc[-1])}
+            for stage, h in histories.items()
+        },
+    }
+    write_json(paths.metrics, result)
+    with atomic_dir(paths.plots) as folder:
+        for name, snapshot in snapshots.items():
+            plot_batch_cosines(
+                directions[name], snapshot["epoch"], folder / f"batch_cosine_{name}.png"
+            )
+        plot_over_epochs(snapshots, folder)
+        plot_task_cosine_matrices(snapshots, folder / "task_cosine_matrices.png")
+        points = [
+            (snapshots[n]["epoch"], t, d) for n, by in directions.items() for t, d in by.items()
+        ]
+        plot_tsne(points, int(cfg["tsne_perplexity"]), seed, folder / "tsne.png")
+        if histories:
+            plot_weight_histories(histories, folder / "gradnorm_weights.png")
+    return result
+
+
+def task_summary(stats: BatchStatistics, b_small: int, b_big: int) -> dict[str, float | None]:
+    """The JSON entry of one task at one snapshot."""
+    scale = noise_scale(stats.sq_small, stats.sq_big, b_small, b_big)
+    cosines = cosine_matrix(stats.directions)
+    n = len(cosines)
+    return {
+        "full_grad_norm": _round(math.sqrt(squared_norm(stats.full))),
+        "grad_sq": _round(scale.grad_sq),
+        "trace_cov": _round(scale.trace),
+        "noise_scale": _round(scale.simple),
+        "noise_ratio_small": _round(stats.noise_ratio(stats.sq_small)),
+        "noise_ratio_big": _round(stats.noise_ratio(stats.sq_big)),
+        "batch_cosine": _round(((cosines.sum() - cosines.trace()) / (n * (n - 1))).item()),
+    }
+
+
+def weight_histories(paths: list[Path]) -> dict[str, pd.DataFrame]:
+    """The loss-weight history (`step` and the w_<task> columns) of each strategy log that has
+    one, keyed by its stage folder's name."""
+    out = {}
+    for path in paths:
+        if path.is_file():
+            frame = pd.read_csv(path)
+            weights = [c for c in frame.columns if c.startswith("w_")]
+            if weights:
+                out[path.parent.name] = frame[["step", *weights]].set_index("step")
+    return out
+
+
+def _rounded(row: pd.Series) -> dict[str, float | None]:
+    return {name.removeprefix("w_"): _round(float(v)) for name, v in row.items()}
+
+
+# --- figures ---
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Write `fig` as a PNG atomically, with no metadata that changes between runs."""
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100, metadata=PNG_METADATA)
+
+
+def plot_batch_cosines(directions: dict[str, Tensor], epoch: int, path: Path) -> None:
+    """Heatmap of the cosines between all batch gradients of a snapshot, tasks in blocks."""
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
+    matrix = cosine_matrix(torch.cat(list(directions.values())))
+    image = ax.imshow(matrix.numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+    counts = np.array([len(d) for d in directions.values()])
+    edges = np.cumsum(counts)
+    for edge in edges[:-1]:
+        ax.axhline(edge - 0.5, color="k", lw=0.8)
+        ax.axvline(edge - 0.5, color="k", lw=0.8)
+    centres = edges - counts / 2 - 0.5
+    ax.set_xticks(centres, list(directions))
+    ax.set_yticks(centres, list(directions))
+    ax.set_title(f"Batch-gradient cosines, epoch {epoch} (count sketch)")
+    fig.colorbar(image, ax=ax)
+    _save(fig, path)
+
+
+def _stage_ends(snapshots: dict[str, dict[str, Any]], ax: Axes) -> None:
+    """Dotted vertical lines at the last snapshot of every stage but the last."""
+    ends = {}
+    for s in snapshots.values():
+        ends[s["stage"]] = max(ends.get(s["stage"], 0), s["epoch"])
+    for stage in sorted(ends)[:-1]:
+        ax.axvline(ends[stage], color="grey", ls=":", lw=1)
+
+
+def plot_over_epochs(snapshots: dict[str, dict[str, Any]], folder: Path) -> None:
+    """noise_scale.png (B_simple and the B_small noise ratio per task) and task_cosine.png
+    (one panel per task pair: the cosine over all shared parameters and per layer group)."""
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    for task in TASKS:
+        rows = [(s["epoch"], s["tasks"][task]) for s in snapshots.values() if task in s["tasks"]]
+        for ax, key in zip(axes, ("noise_scale", "noise_ratio_small"), strict=True):
+            xy = [(e, r[key]) for e, r in rows if r[key] is not None and r[key] > 0]
+            if xy:
+                ax.plot(*zip(*xy, strict=True), marker="o", label=task)
+    for ax, title in zip(
+        axes, ("B_simple = tr(Σ) / |G|² (images)", "E|g_B - g_D|² / |g_D|² at B_small"), strict=True
+    ):
+        ax.set(yscale="log", xlabel="epoch", title=title)
+        _stage_ends(snapshots, ax)
+        ax.legend()
+    _save(fig, folder / "noise_scale.png")
+
+    pairs = [f"{a}-{b}" for i, a in enumerate(TASKS) for b in TASKS[i + 1 :]]
+    fig = Figure(figsize=(5 * len(pairs), 4))
+    axes = fig.subplots(1, len(pairs), sharey=True)
+    for ax, pair in zip(axes, pairs, strict=True):
+        rows = [
+            (s["epoch"], s["task_cosine"][pair])
+            for s in snapshots.values()
+            if pair in s["task_cosine"]
+        ]
+        for group in ("all", *GROUPS):
+            xy = [(e, c[group]) for e, c in rows if c[group] is not None]
+            if xy:
+                ax.plot(
+                    *zip(*xy, strict=True), marker="o", lw=2.5 if group == "all" else 1, label=group
+                )
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set(xlabel="epoch", title=f"cos(g_D) {pair}", ylim=(-1, 1))
+        _stage_ends(snapshots, ax)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    _save(fig, folder / "task_cosine.png")
+
+
+def plot_task_cosine_matrices(snapshots: dict[str, dict[str, Any]], path: Path) -> None:
+    """One annotated task x task matrix of full-gradient cosines (all shared parameters) per
+    snapshot that has seen two tasks or more; grey where not applicable."""
+    shown = [s for s in snapshots.values() if s["task_cosine"]]
+    if not shown:
+        return
+    fig = Figure(figsize=(3 * len(shown), 3.2))
+    axes = fig.subplots(1, len(shown), squeeze=False)
+    for ax, snapshot in zip(axes[0], shown, strict=True):
+        names = [t for t in TASKS if t in snapshot["tasks"]]
+        matrix = np.eye(len(names))
+        for i, a in enumerate(names):
+            for j in range(i + 1, len(names)):
+                value = snapshot["task_cosine"][f"{a}-{names[j]}"]["all"]
+                matrix[i, j] = matrix[j, i] = np.nan if value is None else value
+        ax.imshow(np.ma.masked_invalid(matrix), cmap="RdBu_r", vmin=-1, vmax=1)
+        for (i, j), value in np.ndenumerate(matrix):
+            dark = abs(value) > 0.6  # white text on the saturated cells
+            text = "n/a" if np.isnan(value) else f"{value:.2f}"
+            ax.text(j, i, text, ha="center", va="center", color="w" if dark else "k")
+        ax.set_xticks(range(len(names)), names)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_title(f"epoch {snapshot['epoch']}")
+    fig.suptitle("Task-gradient cosines on the shared parameters")
+    _save(fig, path)
+
+
+def plot_tsne(
+    points: list[tuple[int, str, Tensor]], perplexity: int, seed: int, path: Path
+) -> None:
+    """t-SNE (scikit-learn, PCA initialisation, perplexity min(perplexity, (n - 1) / 3)) of all
+    sketched batch-gradient directions; left coloured by task, right by epoch."""
+    directions = torch.cat([d for _, _, d in points]).numpy()
+    epochs = np.concatenate([[e] * len(d) for e, _, d in points])
+    tasks = np.concatenate([[t] * len(d) for _, t, d in points])
+    perplexity = min(perplexity, (len(directions) - 1) / 3)
+    xy = TSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(directions)
+    fig = Figure(figsize=(11, 5))
+    left, right = fig.subplots(1, 2)
+    for task in TASKS:
+        chosen = tasks == task
+        if chosen.any():
+            left.scatter(*xy[chosen].T, s=10, label=task)
+    left.legend()
+    left.set_title("Batch-gradient directions (t-SNE) by task")
+    scatter = right.scatter(*xy.T, c=epochs, s=10, cmap="viridis")
+    fig.colorbar(scatter, ax=right, label="epoch")
+    right.set_title("… by epoch")
+    _save(fig, path)
+
+
+def plot_weight_histories(histories: dict[str, pd.DataFrame], path: Path) -> None:
+    """Loss weights over the steps of each stage that logged them."""
+    fig = Figure(figsize=(5.5 * len(histories), 4))
+    axes = fig.subplots(1, len(histories), squeeze=False)
+    for ax, (stage, frame) in zip(axes[0], histories.items(), strict=True):
+        for column in frame.columns:
+            ax.plot(frame.index, frame[column], label=column.removeprefix("w_"))
+        ax.set(xlabel="step", ylabel="loss weight", title=f"GradNorm weights, {stage}")
+        ax.legend()
+    _save(fig, path)
