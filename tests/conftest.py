@@ -13,6 +13,25 @@ from seqmtl.synthetic import COCO_FIRST_TEN, generate
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("SEQMTL_MIRROR", REPO.parent / "shared" / "data" / "mirror"))
 
+TINY = {
+    "data": {"synthetic": {"n_train": 12, "n_val": 6, "size": 64}},
+    "subsample": {"n_train": 8, "n_val": 4},
+    "stage1": {"epochs": 2, "batch_size": 4, "image_size": 64},
+    "stage2": {"epochs": 2, "batch_size": 4, "image_size": 64},
+    "stage3": {"epochs": 2, "batch_size": 4, "image_size": 64},
+    "train": {"eval_every": 1, "checkpoint_every": 1},
+    "gradients": {"batch_small": 2, "batch_big": 4, "projection_dim": 1024},
+    "evaluate": {"latency": {"image_size": 64, "repeats": 2}},
+}
+
+
+def merge(base: dict, change: dict) -> dict:
+    """`base` with `change` merged in recursively."""
+    out = dict(base)
+    for key, value in change.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
 
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -12,26 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, TINY, merge
 
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "data": {"synthetic": {"n_train": 12, "n_val": 6, "size": 64}},
-    "subsample": {"n_train": 8, "n_val": 4},
-    "stage1": {"epochs": 2, "batch_size": 4, "image_size": 64},
-    "stage2": {"epochs": 2, "batch_size": 4, "image_size": 64},
-    "stage3": {"epochs": 2, "batch_size": 4, "image_size": 64},
-    "train": {"eval_every": 1, "checkpoint_every": 1},
-}
-
-
-def merge(base: dict, change: dict) -> dict:
-    """`base` with `change` merged in recursively."""
-    out = dict(base)
-    for key, value in change.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) else value
-    return out
 
 
 def run(repo: Path, *args: str) -> str:
@@ -84,9 +67,31 @@ def test_second_repro_does_nothing(repo: Path) -> None:
 
 
 def test_param_changes_rerun_only_what_reads_them(repo: Path) -> None:
+    set_params(repo, {"evaluate": {"max_drop": 0.1}})
+    assert ran(run(repo, "dvc", "repro")) == {"evaluate"}
     set_params(repo, {"stage3": {"epochs": 1}})
-    assert ran(run(repo, "dvc", "repro")) == {"stage3_cls"}
+    assert ran(run(repo, "dvc", "repro")) == {
+        "stage3_cls",
+        "reference_cls",
+        "evaluate",
+        "gradients",
+    }
     set_params(repo, {"strategy": "replay"})
-    assert ran(run(repo, "dvc", "repro")) == {"stage2_det", "stage3_cls"}
+    assert ran(run(repo, "dvc", "repro")) == {"stage2_det", "stage3_cls", "evaluate", "gradients"}
     set_params(repo, {"subsample": {"n_val": 3}})
-    assert "download" not in ran(run(repo, "dvc", "repro", "subsample"))
+    assert ran(run(repo, "dvc", "repro", "subsample")) == {"subsample"}
+
+
+def test_reproduction_check_passes_then_catches_a_changed_seed(repo: Path) -> None:
+    run(repo, "dvc", "repro")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
+    assert "Reproduction check passed" in run(repo, sys.executable, "-m", "seqmtl.check")
+    set_params(repo, {"seed": 1})
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "seqmtl.check"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Reproduction check FAILED" in result.stdout
+    assert "metrics/stage1.json: final.seg.miou: committed" in result.stdout
