@@ -1,13 +1,14 @@
 # make repro: set up .venv (once, again when pyproject.toml changes) and run the pipeline.
 # make test:  the same setup, then the test suite.
 # make check-repro: reproduce and compare with the committed results.
+# make sweep: every strategy x seed as DVC experiments (README, "Sweeps"), then the comparison.
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # dvc runs each stage's `python` from PATH: put the project's environment first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test check-repro
+.PHONY: install repro test check-repro sweep
 
 install: $(STAMP)
 
@@ -27,3 +28,22 @@ test: $(STAMP)
 # Reproduce the pipeline and compare every deterministic metric with the committed results.
 check-repro: $(STAMP)
 	$(BIN)/python -m seqmtl.check --base HEAD
+
+# Queue every (strategy, seed) pair as a DVC experiment and run the queue with DVC's own workers.
+# One run per seed goes first, so that the strategy-independent stages (data, stage 1, the
+# references) are computed once per seed and then restored from DVC's run cache by the others.
+# SET adds params to every run (e.g. the real data); NAME names the comparison's outputs.
+SEEDS ?= 0 1 2
+STRATEGIES ?= naive replay ewc lwf gradnorm pcgrad uncertainty cumulative independent
+JOBS ?= 1
+SET ?=
+NAME ?= comparison
+WAIT = while $(BIN)/dvc queue status | grep -qE "Running|Queued"; do sleep 20; done
+sweep: $(STAMP)
+	for seed in $(SEEDS); do $(BIN)/dvc exp run --queue $(SET) -S seed=$$seed \
+	  -S strategy=$(firstword $(STRATEGIES)); done
+	$(BIN)/dvc queue start -j $(JOBS) && $(WAIT)
+	for seed in $(SEEDS); do for strategy in $(wordlist 2,99,$(STRATEGIES)); do \
+	  $(BIN)/dvc exp run --queue $(SET) -S seed=$$seed -S strategy=$$strategy; done; done
+	$(BIN)/dvc queue start -j $(JOBS) && $(WAIT)
+	$(BIN)/python -m seqmtl.compare --name $(NAME) $(SET)
