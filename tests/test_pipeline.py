@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,19 @@ def test_reproduction_check_passes_then_catches_a_changed_seed(repo: Path) -> No
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Reproduction check FAILED" in result.stdout
     assert "metrics/stage1.json: final.seg.miou: committed" in result.stdout
+
+
+def test_queued_sweep_and_comparison(repo: Path) -> None:
+    run(repo, "git", "checkout", "--", "params.yaml")
+    for strategy in ("naive", "replay"):
+        run(repo, "dvc", "exp", "run", "--queue", "-S", f"strategy={strategy}", "-S", "seed=0")
+    run(repo, "dvc", "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 600
+    while re.search("Running|Queued", run(repo, "dvc", "queue", "status")):
+        assert time.monotonic() < deadline, run(repo, "dvc", "queue", "status")
+        time.sleep(5)
+    assert "Failed" not in run(repo, "dvc", "queue", "status")
+    output = run(repo, sys.executable, "-m", "seqmtl.compare", "--name", "sweep")
+    comparison = json.loads((repo / "metrics" / "sweep.json").read_text())
+    assert sorted(comparison["strategies"]) == ["naive", "replay"]
+    assert "| seg | naive - replay |" in output and (repo / "plots" / "sweep.png").is_file()

@@ -80,6 +80,7 @@ def test_stage1_reads_no_strategy(tiny_mini: Path, tmp_path: Path) -> None:
         ({"stage1": {"epochs": -1}}, r"stage1\.epochs must be a positive number, got -1"),
         ({"stage1": {"lr": 0}}, r"stage1\.lr must be a positive number, got 0"),
         ({"stage1": {"image_size": 70}}, r"stage1\.image_size must be a multiple of 32"),
+        ({"train": {"precision": "fp16"}}, r"train\.precision must be one of fp32, bf16"),
     ],
 )
 def test_bad_stage_params_are_named(
@@ -96,3 +97,9 @@ def test_unknown_strategy_is_named(three_stages: Path, tiny_mini: Path, tmp_path
     with pytest.raises(ValueError, match=r"strategy: unknown strategy 'magic'; known: .*replay"):
         train_stage(2, params(strategy="magic"), stage2)
     assert not any(tmp_path.iterdir())
+
+
+def test_bf16_autocast_trains(tiny_mini: Path, tmp_path: Path) -> None:
+    metrics = train_stage(1, params(train={"precision": "bf16"}), paths(tmp_path, tiny_mini, 1))
+    assert 0.0 <= metrics["final"]["seg"]["miou"] <= 1.0
+    assert metrics["loss"]["seg/ce"] > 0

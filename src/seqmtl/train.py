@@ -73,6 +73,20 @@ def check_stage_params(cfg: dict[str, Any], name: str) -> None:
         raise ValueError(f"{name}.image_size must be a multiple of 32, got {cfg['image_size']}")
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(value: Any) -> bool:
+    """Whether `train.precision` asks for bf16 mixed precision; anything unknown is rejected.
+
+    bf16 autocasts the forward passes and losses of training (weights, gradients and the
+    optimiser stay fp32; evaluation runs in fp32). fp16 would need loss scaling inside every
+    strategy's backward, and is not offered."""
+    if value not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return value == "bf16"
+
+
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, steps: int, warmup: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -128,6 +142,7 @@ def train_stage(
     name = f"stage{stage}"
     cfg, train_cfg = params[name], params["train"]
     check_stage_params(cfg, name)
+    mixed = check_precision(train_cfg["precision"])
     task = TASKS[stage - 1]
     seen = [task] if single_task else list(TASKS[:stage])
     seed = int(params["seed"])
@@ -197,7 +212,8 @@ def train_stage(
             for images, targets in loader:
                 data_time += time.perf_counter() - fetched
                 optimizer.zero_grad(set_to_none=True)
-                losses = strategy.losses(ctx, images, targets)
+                with torch.autocast(device.type, torch.bfloat16, enabled=mixed):
+                    losses = strategy.losses(ctx, images, targets)
                 strategy.backward(ctx, losses)
                 optimizer.step()
                 scheduler.step()

@@ -1,0 +1,298 @@
+"""Strategy comparison over seeds, collected from DVC experiments.
+
+    python -m seqmtl.compare [--name comparison] [-S key=value ...] [--rev REV]
+                             [--input exp_show.json]
+
+Reads `dvc exp show --json --rev REV` (or `--input`, a saved copy): the run committed at REV
+(default HEAD) and every finished experiment based on it. A run takes part when its params equal
+params.yaml except for `strategy`, `seed` and the keys given with `-S` (which it must match), so
+runs of another configuration (real data, other epochs) never mix in; one run per (strategy,
+seed). Writes metrics/<name>.json, metrics/<name>.md (table) and plots/<name>.png:
+
+- per strategy and task, over seeds: mean ± sample std (n - 1) of the final metric and of its
+  relative drop from the task's own baseline, and the rate of ≤ max_drop verdicts (against the
+  baseline and against the single-task reference); per strategy, the training time;
+- per task, every pair of strategies run with the same seeds: the mean paired difference of the
+  final metric and a two-sided paired t-test over seeds; the difference is flagged "within
+  noise" when p >= 0.05 (or fewer than 2 paired seeds, or identical differences of zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+from collections import defaultdict
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.figure import Figure
+from scipy.stats import ttest_rel
+
+from seqmtl.data import TASKS
+from seqmtl.files import atomic_file, write_json
+
+ALPHA = 0.05
+VARIED = ("strategy", "seed")
+
+Run = dict[str, Any]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def read_runs(exp_show: list[dict[str, Any]]) -> list[Run]:
+    """Params and metrics of the committed run and of its finished experiments."""
+    runs = []
+    for commit in exp_show:
+        if commit["rev"] == "workspace":
+            continue
+        revisions = [commit] + [
+            rev for exp in commit.get("experiments") or [] for rev in exp["revs"]
+            if not exp.get("executor")  # queued, running or failed experiments have one
+        ]  # fmt: skip
+        for rev in revisions:
+            data = rev.get("data") or {}
+            metrics = {p: m.get("data", {}) for p, m in (data.get("metrics") or {}).items()}
+            params = (data.get("params") or {}).get("params.yaml", {}).get("data")
+            if params and "metrics/eval.json" in metrics:
+                runs.append({"name": rev.get("name") or rev["rev"][:7], "params": params,
+                             "metrics": metrics})  # fmt: skip
+    return runs
+
+
+def select(runs: list[Run], base: dict[str, Any], fixed: dict[str, Any]) -> list[Run]:
+    """Runs equal to `base` except for VARIED and `fixed` (which they must match), one per
+    (strategy, seed): the first listed wins."""
+    base_flat = flatten(base)
+    chosen: dict[tuple[str, int], Run] = {}
+    for run in runs:
+        flat = flatten(run["params"])
+        keys = set(base_flat) | set(flat)
+        if any(flat.get(k) != fixed[k] for k in fixed) or any(
+            flat.get(k) != base_flat.get(k) for k in keys - set(VARIED) - set(fixed)
+        ):
+            continue
+        chosen.setdefault((flat["strategy"], flat["seed"]), run)
+    return list(chosen.values())
+
+
+def mean_std(values: list[float]) -> dict[str, float | int | None]:
+    """Mean and sample standard deviation (None for a single value), 6 decimals."""
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {
+        "mean": round(statistics.fmean(values), 6),
+        "std": None if std is None else round(std, 6),
+        "n": len(values),
+    }
+
+
+def paired_test(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Mean of a - b and the two-sided paired t-test's p-value; flagged within noise when
+    p >= ALPHA or it cannot be computed."""
+    differences = [x - y for x, y in zip(a, b, strict=True)]
+    p = None
+    if len(differences) > 1 and any(differences):
+        p = float(ttest_rel(a, b).pvalue)
+        p = None if math.isnan(p) else round(p, 6)
+    return {
+        "difference": round(statistics.fmean(differences), 6),
+        "p_value": p,
+        "seeds": len(differences),
+        "within_noise": p is None or p >= ALPHA,
+    }
+
+
+def training_seconds(metrics: dict[str, Any]) -> float | None:
+    """Total training time of the sequence, from efficiency.json when the run has it."""
+    efficiency = metrics.get("metrics/efficiency.json", {})
+    return efficiency.get("training", {}).get("total_seconds")
+
+
+def final_metrics(seeds: dict[int, dict[str, Any]], task: str, which: list[int]) -> list[float]:
+    """The final metric of `task` in the runs of the seeds `which`."""
+    return [seeds[s]["metrics/eval.json"]["tasks"][task]["final"] for s in which]
+
+
+def task_statistics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Statistics over seeds of one task's eval.json entries."""
+    relative = [r["vs_baseline"]["relative"] for r in rows]
+    return {
+        "metric": rows[0]["metric"],
+        "final": mean_std([r["final"] for r in rows]),
+        "drop": mean_std([r["vs_baseline"]["absolute"] for r in rows]),
+        "relative_drop": mean_std([r for r in relative if r is not None])
+        if any(r is not None for r in relative)
+        else None,
+        "pass_rate": round(
+            statistics.fmean(r["vs_baseline"]["verdict"] == "pass" for r in rows), 6
+        ),
+        "pass_rate_vs_reference": round(
+            statistics.fmean(r["vs_reference"]["verdict"] == "pass" for r in rows), 6
+        ),
+    }
+
+
+def aggregate(runs: list[Run]) -> dict[str, Any]:
+    """The comparison: per-strategy statistics over seeds and pairwise paired tests."""
+    by_strategy: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for run in runs:
+        by_strategy[run["params"]["strategy"]][run["params"]["seed"]] = run["metrics"]
+    strategies: dict[str, Any] = {}
+    for strategy, seeds in sorted(by_strategy.items()):
+        times = [t for m in seeds.values() if (t := training_seconds(m)) is not None]
+        strategies[strategy] = {
+            "seeds": sorted(seeds),
+            "tasks": {
+                task: task_statistics(
+                    [m["metrics/eval.json"]["tasks"][task] for m in seeds.values()]
+                )
+                for task in TASKS
+            },
+            "training_seconds": mean_std(times) if times else None,
+        }
+    pairs: dict[str, dict[str, Any]] = {task: {} for task in TASKS}
+    for a, b in combinations(sorted(by_strategy), 2):
+        common = sorted(set(by_strategy[a]) & set(by_strategy[b]))
+        for task in TASKS if common else ():
+            pairs[task][f"{a} - {b}"] = paired_test(
+                final_metrics(by_strategy[a], task, common),
+                final_metrics(by_strategy[b], task, common),
+            )
+    return {"alpha": ALPHA, "strategies": strategies, "pairs": pairs}
+
+
+def cell(stats: dict[str, Any] | None, scale: float = 1.0, unit: str = "") -> str:
+    """'mean ± std' (or the mean alone for one seed, '—' for none)."""
+    if stats is None:
+        return "—"
+    text = f"{stats['mean'] * scale:.3f}{unit}"
+    return text if stats["std"] is None else f"{text} ± {stats['std'] * scale:.3f}{unit}"
+
+
+def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
+    """The markdown table of a comparison."""
+    setting = ", ".join(f"{k}={v}" for k, v in fixed.items()) or "the committed params.yaml"
+    lines = [
+        f"# Strategy comparison `{name}`",
+        "",
+        f"*Generated by `python -m seqmtl.compare` from DVC experiments ({setting}; every other "
+        "param as committed); do not edit by hand.*",
+        "",
+        "Per strategy and task: the final metric and its drop from the task's own baseline (its "
+        "metric right after its stage), as mean ± sample std over seeds; the share of seeds "
+        "whose relative drop is within the threshold (against the baseline / against the "
+        "single-task reference).",
+        "",
+        "| Strategy | Seeds | Task | Final | Drop | Relative drop | Pass rate | Pass rate vs ref. "
+        "| Training s |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for strategy, stats in comparison["strategies"].items():
+        seeds = ",".join(map(str, stats["seeds"]))
+        for task, row in stats["tasks"].items():
+            lines.append(
+                f"| {strategy} | {seeds} | {task} ({row['metric']}) | {cell(row['final'])} "
+                f"| {cell(row['drop'])} | {cell(row['relative_drop'], 100, ' %')} "
+                f"| {row['pass_rate']:.0%} | {row['pass_rate_vs_reference']:.0%} "
+                f"| {cell(stats['training_seconds'], unit='')} |"
+            )
+    lines += [
+        "",
+        f"Paired differences of the final metric (row minus column strategy, same seeds), "
+        f"two-sided paired t-test over seeds; *within noise* when p ≥ {comparison['alpha']}:",
+        "",
+        "| Task | Pair | Difference | p | Seeds | |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for task, pairs in comparison["pairs"].items():
+        for pair, test in pairs.items():
+            p = "—" if test["p_value"] is None else f"{test['p_value']:.3f}"
+            flag = "within noise" if test["within_noise"] else "**differs**"
+            lines.append(
+                f"| {task} | {pair} | {test['difference']:+.3f} | {p} | {test['seeds']} | {flag} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(comparison: dict[str, Any], path: Path) -> None:
+    """Final metric and relative drop per strategy and task, mean with ± std error bars."""
+    strategies = list(comparison["strategies"])
+    fig = Figure(figsize=(max(8, 1.3 * len(strategies) + 3), 4))
+    axes = fig.subplots(1, 2)
+    width = 0.8 / len(TASKS)
+    for k, task in enumerate(TASKS):
+        rows = [comparison["strategies"][s]["tasks"][task] for s in strategies]
+        x = [i + (k - (len(TASKS) - 1) / 2) * width for i in range(len(strategies))]
+        for ax, key, scale in ((axes[0], "final", 1), (axes[1], "relative_drop", 100)):
+            stats = [r[key] or {"mean": math.nan, "std": None} for r in rows]
+            ax.bar(
+                x, [s["mean"] * scale for s in stats], width,
+                yerr=[(s["std"] or 0) * scale for s in stats], capsize=2,
+                label=f"{task} ({rows[0]['metric']})",
+            )  # fmt: skip
+    axes[0].set(ylabel="final metric (mean ± std over seeds)", ylim=(0, 1))
+    axes[1].set(ylabel="drop from own baseline, % (mean ± std)")
+    axes[1].axhline(5, color="black", linestyle="--", linewidth=1, label="5 % threshold")
+    for ax in axes:
+        ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110, metadata={"Software": None})
+
+
+def parse_fixed(items: list[str]) -> dict[str, Any]:
+    """`-S key=value` pairs (values parsed as YAML, as DVC does)."""
+    fixed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"-S takes key=value, got {item!r}")
+        fixed[key] = yaml.safe_load(value)
+    return fixed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", default="comparison", help="names the outputs")
+    parser.add_argument("-S", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
+                        help="params every run must have (as given to dvc exp run -S)")  # fmt: skip
+    parser.add_argument("--rev", default="HEAD", help="the commit the experiments are based on")
+    parser.add_argument("--input", type=Path, help="a saved `dvc exp show --json`")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    if args.input:
+        exp_show = json.loads(args.input.read_text())
+    else:
+        command = ["dvc", "exp", "show", "--json", "--rev", args.rev]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode:
+            raise SystemExit(f"dvc exp show failed:\n{result.stderr}")
+        exp_show = json.loads(result.stdout)
+    fixed = parse_fixed(args.fixed)
+    runs = select(read_runs(exp_show), yaml.safe_load(args.params.read_text()), fixed)
+    if not runs:
+        raise SystemExit("no finished run matches; see `dvc exp show` and the -S filters")
+    comparison = aggregate(runs) | {"fixed": fixed}
+    write_json(Path("metrics") / f"{args.name}.json", comparison)
+    with atomic_file(Path("metrics") / f"{args.name}.md") as handle:
+        handle.write(render(comparison, args.name, fixed))
+    plot(comparison, Path("plots") / f"{args.name}.png")
+    print(render(comparison, args.name, fixed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Strategy comparison: aggregation over seeds and the paired test, on hand-made experiments."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from scipy.stats import ttest_rel
+
+from seqmtl.compare import aggregate, main, read_runs, render, select
+
+BASE = {"seed": 0, "strategy": "naive", "data": {"source": "synthetic"}, "stage3": {"epochs": 8}}
+
+
+def task_entry(final: float, baseline: float) -> dict:
+    relative = round((baseline - final) / baseline, 6)
+    verdict = "pass" if relative <= 0.05 else "fail"
+    entry = {"absolute": round(baseline - final, 6), "relative": relative, "verdict": verdict}
+    return {"metric": "m", "final": final, "baseline": baseline, "vs_baseline": entry,
+            "vs_reference": entry}  # fmt: skip
+
+
+def revision(name: str, params: dict, finals: dict[str, float], seconds: float) -> dict:
+    tasks = {task: task_entry(final, 0.8) for task, final in finals.items()}
+    metrics = {
+        "metrics/eval.json": {"data": {"tasks": tasks}},
+        "metrics/efficiency.json": {"data": {"training": {"total_seconds": seconds}}},
+    }
+    return {"rev": name * 8, "name": name, "data": {"params": {"params.yaml": {"data": params}},
+                                                    "metrics": metrics}}  # fmt: skip
+
+
+FINALS = {  # (strategy, seed) -> seg final; det and cls fixed
+    ("naive", 0): 0.10, ("naive", 1): 0.12, ("naive", 2): 0.08,
+    ("replay", 0): 0.70, ("replay", 1): 0.74, ("replay", 2): 0.69,
+    ("lwf", 0): 0.11, ("lwf", 1): 0.12, ("lwf", 2): 0.10,
+}  # fmt: skip
+
+
+def exp_show() -> list[dict]:
+    """A `dvc exp show --json` with the committed run, the sweep, and runs that must not count."""
+    experiments = []
+    for (strategy, seed), seg in FINALS.items():
+        params = BASE | {"strategy": strategy, "seed": seed}
+        rev = revision(f"{strategy}{seed}", params, {"seg": seg, "det": 0.5, "cls": 0.9}, 60 + seed)
+        experiments.append({"revs": [rev], "executor": None, "name": rev["name"]})
+    other = BASE | {"strategy": "replay", "data": {"source": "download"}}
+    running = BASE | {"strategy": "ewc"}
+    experiments += [
+        {"revs": [revision("real", other, {"seg": 0.0, "det": 0, "cls": 0}, 1)], "executor": None},
+        {"revs": [revision("run", running, {"seg": 0.3, "det": 0, "cls": 0}, 1)],
+         "executor": {"state": "running"}},
+    ]  # fmt: skip
+    committed = revision("main", BASE, {"seg": 0.10, "det": 0.5, "cls": 0.9}, 60)
+    return [{"rev": "workspace", "data": {}}, committed | {"experiments": experiments}]
+
+
+@pytest.fixture
+def comparison() -> dict:
+    return aggregate(select(read_runs(exp_show()), BASE, {}))
+
+
+def test_only_matching_finished_runs_count(comparison: dict) -> None:
+    assert set(comparison["strategies"]) == {"naive", "replay", "lwf"}
+    assert all(s["seeds"] == [0, 1, 2] for s in comparison["strategies"].values())
+    real = select(read_runs(exp_show()), BASE, {"data.source": "download"})
+    assert [r["name"] for r in real] == ["real"]
+
+
+def test_mean_and_sample_std(comparison: dict) -> None:
+    seg = comparison["strategies"]["replay"]["tasks"]["seg"]
+    values = [0.70, 0.74, 0.69]
+    assert seg["final"]["mean"] == pytest.approx(statistics.fmean(values), abs=1e-6)
+    assert seg["final"]["std"] == pytest.approx(statistics.stdev(values), abs=1e-6)
+    drops = [(0.8 - v) / 0.8 for v in values]
+    assert seg["relative_drop"]["mean"] == pytest.approx(statistics.fmean(drops), abs=1e-6)
+    assert seg["pass_rate"] == 0.0  # every seed drops by about 10 %
+    assert comparison["strategies"]["naive"]["tasks"]["cls"]["pass_rate"] == 1.0  # 0.9 > 0.8
+    assert comparison["strategies"]["lwf"]["training_seconds"]["mean"] == pytest.approx(61)
+
+
+def test_paired_flag(comparison: dict) -> None:
+    seg = comparison["pairs"]["seg"]
+    replay, naive = [FINALS["replay", s] for s in range(3)], [FINALS["naive", s] for s in range(3)]
+    assert seg["naive - replay"]["p_value"] == pytest.approx(
+        ttest_rel(naive, replay).pvalue, abs=1e-6
+    )
+    assert not seg["naive - replay"]["within_noise"]
+    assert seg["lwf - naive"]["within_noise"]  # +0.01 on average, inconsistent across seeds
+    det = comparison["pairs"]["det"]["naive - replay"]
+    assert det["difference"] == 0 and det["p_value"] is None and det["within_noise"]
+
+
+def test_rendered_table(comparison: dict, tmp_path: Path) -> None:
+    text = render(comparison, "comparison", {})
+    assert "| replay | 0,1,2 | seg (m) | 0.710 ± 0.026 |" in text
+    assert "| seg | naive - replay | -0.610 |" in text and "**differs**" in text
+
+
+def test_command_writes_table_json_and_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "show.json").write_text(json.dumps(exp_show()))
+    (tmp_path / "params.yaml").write_text(json.dumps(BASE))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["compare", "--input", "show.json", "--name", "cmp"])
+    main()
+    saved = json.loads((tmp_path / "metrics" / "cmp.json").read_text())
+    assert set(saved["strategies"]) == {"naive", "replay", "lwf"} and saved["fixed"] == {}
+    assert (tmp_path / "metrics" / "cmp.md").read_text().startswith("# Strategy comparison")
+    assert (tmp_path / "plots" / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setattr("sys.argv", ["compare", "--input", "show.json", "-S", "seed=7"])
+    with pytest.raises(SystemExit, match="no finished run matches"):
+        main()
