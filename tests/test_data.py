@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from seqmtl.data import DataError, build_dataset, class_names
-from seqmtl.synthetic import VOC_CLASSES
+from seqmtl.data import VOC_CLASSES, DataError, build_dataset, class_names
 
 
 @pytest.fixture
@@ -99,6 +98,15 @@ def test_mask_of_the_wrong_size_is_named(mini: Path) -> None:
     mask.resize((mask.width + 3, mask.height)).save(path)
     with pytest.raises(DataError, match=rf"{path.name}: mask size .* differs from image"):
         build_dataset(mini, "seg", "val", 64, train=False)
+
+
+def test_grey_masks_are_read_like_palette_masks(mini: Path) -> None:
+    name = (mini / "seg/ImageSets/Segmentation/val.txt").read_text().split()[0]
+    path = mini / "seg" / "SegmentationClass" / f"{name}.png"
+    palette = np.array(Image.open(path))
+    Image.fromarray(palette, mode="L").save(path)
+    dataset = build_dataset(mini, "seg", "val", 64, train=False)
+    assert torch.equal(dataset.original_masks[0], torch.from_numpy(palette))
 
 
 def test_json_that_is_not_coco_is_named(mini: Path) -> None:

@@ -6,8 +6,9 @@ import hashlib
 import http.server
 import io
 import json
-import os
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -20,8 +21,6 @@ from seqmtl import download
 from seqmtl.download import ARCHIVES, Archive, DownloadError, extract, fetch, fetch_all
 
 DATA = bytes(range(256)) * 4096
-DEFAULT_MIRROR = Path(__file__).resolve().parents[1].parent / "shared/data/mirror"
-REAL_MIRROR = Path(os.environ.get("SEQMTL_MIRROR", DEFAULT_MIRROR))
 
 
 def sha256(data: bytes) -> str:
@@ -221,11 +220,9 @@ def test_fetch_all_failure_leaves_no_raw_dir(tmp_path: Path, problem: str, messa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror"]
 
 
-def test_fetch_all_real_mirror(tmp_path: Path) -> None:
-    if not (REAL_MIRROR / "SHA256SUMS").is_file():
-        pytest.skip(f"no dataset mirror at {REAL_MIRROR} (set SEQMTL_MIRROR)")
+def test_fetch_all_real_mirror(mirror: Path, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
-    fetch_all(raw, tmp_path / "archives", str(REAL_MIRROR))
+    fetch_all(raw, tmp_path / "archives", str(mirror))
     voc = raw / "voc/VOCdevkit/VOC2012"
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         assert any((voc / sub).iterdir()), sub
@@ -235,3 +232,17 @@ def test_fetch_all_real_mirror(tmp_path: Path) -> None:
         classes = [p for p in (raw / "imagenette/imagenette2-160" / split).iterdir() if p.is_dir()]
         assert len(classes) == 10
     assert not (tmp_path / "archives").exists()
+
+
+def test_download_stage_fails_with_one_line_and_no_output(tmp_path: Path) -> None:
+    params = {"seed": 0, "data": {"source": "download", "mirror": str(tmp_path / "nowhere")}}
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    stage = Path(__file__).resolve().parents[1] / "stages" / "download.py"
+    result = subprocess.run(
+        [sys.executable, str(stage)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: imagenette2-160.tgz not found in mirror folder {tmp_path / 'nowhere'}"
+    ]
+    assert not (tmp_path / "data" / "raw").exists()

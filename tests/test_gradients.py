@@ -20,7 +20,7 @@ from seqmtl.gradients import (
     cosine_matrix,
     flat_gradient,
     noise_scale,
-    shared_parameters,
+    shared_parameter_groups,
     task_cosines,
 )
 from seqmtl.model import UnifiedModel
@@ -84,7 +84,7 @@ def small_model() -> UnifiedModel:
 
 def test_task_cosine_of_a_loss_with_itself_and_its_negation(small_model: UnifiedModel) -> None:
     model = small_model
-    shared = shared_parameters(model)
+    shared = shared_parameter_groups(model)
     assert set(shared.groups) == set(GROUPS)
     assert shared.count() == sum(
         p.numel() for n, p in model.named_parameters() if not n.startswith("head.out")
@@ -105,7 +105,7 @@ def test_task_cosine_of_a_loss_with_itself_and_its_negation(small_model: Unified
 
 def test_tasks_without_common_parameters_are_not_applicable(small_model: UnifiedModel) -> None:
     """One trunk per task: only the head is reached by both, so only it gets a cosine."""
-    shared = shared_parameters(small_model)
+    shared = shared_parameter_groups(small_model)
     head = torch.tensor([g == "head" for g in shared.groups])
     g = torch.randn(shared.count())
     cosines = task_cosines(
@@ -205,7 +205,7 @@ def test_stage_writes_gradients_json(
     pngs = {p.name for p in (tmp_path / "a" / "plots").iterdir()}
     assert pngs == {
         "batch_cosine_epoch_001.png", "batch_cosine_epoch_002.png", "noise_scale.png",
-        "task_cosine.png", "task_cosine_matrices.png", "tsne.png", "gradnorm_weights.png",
+        "task_cosine.png", "task_cosine_matrices.png", "tsne.png",
     }  # fmt: skip
     # deterministic on CPU: the same inputs give byte-identical files
     run_stage(params, root, tmp_path / "b", tiny_mini)

@@ -171,7 +171,7 @@ class MobileNetV3SmallBackbone(Backbone):
                 weights=MobileNet_V3_Small_Weights.IMAGENET1K_V1 if pretrained else None
             )
         except OSError as e:  # URLError, refused connection, DNS failure, ...
-            raise RuntimeError(
+            raise OSError(
                 "could not download the torchvision ImageNet weights for mobilenet_v3_small "
                 f"(offline and not in the torch hub cache: {e}); set `model.pretrained: false`, "
                 "or use `model.backbone: efficientnet_lite0`, which ships its weights offline"

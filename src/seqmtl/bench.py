@@ -33,18 +33,24 @@ from seqmtl.tasks import build_tasks
 from seqmtl.train import peak_memory_mb, resolve_device
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    """Median wall time of `fn()` over `repeats` runs after `warmup` runs (cuda synchronised)."""
+def median_seconds(
+    fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 3
+) -> float:
+    """Median wall time of `fn()` over `repeats` runs after `warmup` runs, with `device`
+    synchronised around each run when it is a GPU."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -54,7 +60,7 @@ def inference_ms(model: torch.nn.Module, device: torch.device, size: int, repeat
     """Median ms of one forward pass of a (1, 3, size, size) image in eval mode."""
     model.eval()
     x = torch.rand(1, 3, size, size, device=device)
-    return 1000 * median_seconds(lambda: model(x), repeats)
+    return 1000 * median_seconds(lambda: model(x), repeats, device)
 
 
 def backbone_images_per_second(
@@ -68,7 +74,7 @@ def backbone_images_per_second(
         backbone.zero_grad(set_to_none=True)
         torch.stack([f.mean() for f in backbone(x)]).sum().backward()
 
-    return batch / median_seconds(step, steps)
+    return batch / median_seconds(step, steps, device)
 
 
 def task_images_per_second(
@@ -97,7 +103,7 @@ def task_images_per_second(
         torch.stack(list(losses.values())).sum().backward()
         optimizer.step()
 
-    return batch / median_seconds(step, steps)
+    return batch / median_seconds(step, steps, device)
 
 
 def data_epoch_seconds(mini: Path, size: int) -> tuple[float, float]:
@@ -109,9 +115,12 @@ def data_epoch_seconds(mini: Path, size: int) -> tuple[float, float]:
             dataset[i]
 
     dataset = build_dataset(mini, "cls", "train", size, train=True)
-    cached = median_seconds(lambda: epoch(dataset), 3, warmup=1)
+    cached = median_seconds(lambda: epoch(dataset), 3, torch.device("cpu"), warmup=1)
     uncached = median_seconds(
-        lambda: epoch(build_dataset(mini, "cls", "train", size, train=True)), 3, warmup=1
+        lambda: epoch(build_dataset(mini, "cls", "train", size, train=True)),
+        3,
+        torch.device("cpu"),
+        warmup=1,
     )
     return cached, uncached
 

@@ -11,7 +11,8 @@ seed). Writes metrics/<name>.json, metrics/<name>.md (table) and plots/<name>.pn
 
 - per strategy and task, over seeds: mean ± sample std (n - 1) of the final metric and of its
   relative drop from the task's own baseline, and the rate of ≤ max_drop verdicts (against the
-  baseline and against the single-task reference); per strategy, the training time;
+  baseline and against the single-task reference); per strategy, the training time of stages
+  2 and 3;
 - per task, every pair of strategies run with the same seeds: the mean paired difference of the
   final metric and a two-sided paired t-test over seeds; the difference is flagged "within
   noise" when p >= 0.05 (or fewer than 2 paired seeds, or identical differences of zero).
@@ -34,7 +35,7 @@ from matplotlib.figure import Figure
 from scipy.stats import ttest_rel
 
 from seqmtl.data import TASKS
-from seqmtl.files import atomic_file, write_json
+from seqmtl.files import atomic_file, save_png, write_json
 
 ALPHA = 0.05
 VARIED = ("strategy", "seed")
@@ -116,9 +117,12 @@ def paired_test(a: list[float], b: list[float]) -> dict[str, Any]:
 
 
 def training_seconds(metrics: dict[str, Any]) -> float | None:
-    """Total training time of the sequence, from efficiency.json when the run has it."""
-    efficiency = metrics.get("metrics/efficiency.json", {})
-    return efficiency.get("training", {}).get("total_seconds")
+    """Training time of stages 2 and 3, which every strategy runs itself (stage 1 and the
+    references come from DVC's run cache in all but one run per seed), from efficiency.json."""
+    runs = metrics.get("metrics/efficiency.json", {}).get("training", {}).get("runs", {})
+    if not {"stage2", "stage3"} <= set(runs):
+        return None
+    return round(runs["stage2"]["train_seconds"] + runs["stage3"]["train_seconds"], 2)
 
 
 def final_metrics(seeds: dict[int, dict[str, Any]], task: str, which: list[int]) -> list[float]:
@@ -197,7 +201,7 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
         "single-task reference).",
         "",
         "| Strategy | Seeds | Task | Final | Drop | Relative drop | Pass rate | Pass rate vs ref. "
-        "| Training s |",
+        "| Stages 2+3 s |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for strategy, stats in comparison["strategies"].items():
@@ -250,8 +254,7 @@ def plot(comparison: dict[str, Any], path: Path) -> None:
         ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110, metadata={"Software": None})
+    save_png(fig, path)
 
 
 def parse_fixed(items: list[str]) -> dict[str, Any]:

@@ -19,12 +19,34 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from seqmtl.synthetic import VOC_CLASSES
-
 TASKS = ("seg", "det", "cls")
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 __all__ = ["TASKS", "VOC_CLASSES", "DataError", "build_dataset", "class_names", "collate"]
 
 
@@ -32,12 +54,13 @@ class DataError(ValueError):
     """Bad input data; the message names the offending file or folder."""
 
 
-def read_image(path: Path) -> Image.Image:
-    """Decode an image fully (truncated or corrupt files raise DataError naming the file)."""
+def read_image(path: Path, mask: bool = False) -> Image.Image:
+    """Decode an image fully, as RGB; a `mask` (palette or grey PNG) as it is. Truncated or
+    corrupt files raise DataError naming the file."""
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB") if image.mode != "P" else image.copy()
+            return image.copy() if mask else image.convert("RGB")
     except FileNotFoundError as error:
         raise DataError(f"{path}: file not found") from error
     except OSError as error:
@@ -137,7 +160,7 @@ class SegDataset(TaskDataset):
         for name in self.ids:
             image = read_image(voc / "JPEGImages" / f"{name}.jpg")
             mask_path = voc / "SegmentationClass" / f"{name}.png"
-            mask = read_image(mask_path)
+            mask = read_image(mask_path, mask=True)
             if mask.mode not in ("P", "L"):
                 raise DataError(f"{mask_path}: mask must be a palette or grey PNG, got {mask.mode}")
             if mask.size != image.size:
@@ -184,11 +207,7 @@ class DetDataset(TaskDataset):
             w, h = image.size
             images.append(_resized(image, size))
             xywh = torch.tensor([a["bbox"] for a in per_image[info["id"]]], dtype=torch.float32)
-            xyxy = (
-                torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-                if len(xywh)
-                else torch.zeros(0, 4)
-            )
+            xyxy = box_convert(xywh.reshape(-1, 4), "xywh", "xyxy")
             self.boxes.append(xyxy * torch.tensor([size / w, size / h, size / w, size / h]))
             self.labels.append(
                 torch.tensor(

@@ -27,7 +27,7 @@ BACKOFF_S = 2.0
 URL_SCHEMES = ("http", "https", "file")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(OSError):
     """A dataset archive could not be fetched, verified or safely extracted."""
 
 

@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 
 from seqmtl.data import TASKS
 from seqmtl.evaluate import METRIC_NAME
-from seqmtl.files import atomic_dir
+from seqmtl.files import atomic_dir, save_png
+from seqmtl.train import read_weights
 
 TASK_COLOR = {"seg": "C0", "det": "C1", "cls": "C2"}
 Spans = dict[int, tuple[int, int]]
@@ -147,19 +148,6 @@ def weights_figure(weights: dict[int, pd.DataFrame], strategy: str) -> Figure:
     return fig
 
 
-def read_weights(path: Path) -> pd.DataFrame | None:
-    """A strategy.csv holding w_* columns, else None (absent file or no weights in it)."""
-    if not path.is_file():
-        return None
-    frame = pd.read_csv(path)
-    return frame if any(c.startswith("w_") for c in frame.columns) else None
-
-
-def save(fig: Figure, path: Path) -> None:
-    """The figure as a PNG without the varying Software metadata."""
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-
-
 def write_figures(plots: Path, out: Path, evaluation: dict[str, Any]) -> dict[str, Path]:
     """Render the figures from the per-epoch CSVs under `plots` (stageN/, reference_<task>/) into
     the folder `out`, which they replace as a whole; returns caption -> path."""
@@ -187,5 +175,5 @@ def write_figures(plots: Path, out: Path, evaluation: dict[str, Any]) -> dict[st
         )
     with atomic_dir(out) as folder:
         for name, fig in figures.values():
-            save(fig, folder / name)
+            save_png(fig, folder / name)
     return {caption: out / name for caption, (name, _) in figures.items()}

@@ -9,7 +9,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @contextlib.contextmanager
@@ -48,3 +51,10 @@ def write_json(path: Path, obj: Any) -> None:
     with atomic_file(path) as handle:
         json.dump(obj, handle, indent=2, sort_keys=True)
         handle.write("\n")
+
+
+def save_png(fig: Figure, path: Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure as a PNG, atomically and without the "Software" text chunk (the
+    only metadata matplotlib writes that varies), so that the same figure gives the same bytes."""
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=dpi, metadata={"Software": None})

@@ -39,18 +39,15 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from torch import Tensor, nn
-from torchvision.ops import FeaturePyramidNetwork
 
-from seqmtl.backbones import Backbone
 from seqmtl.data import TASKS, TaskDataset, build_dataset, collate
-from seqmtl.files import atomic_dir, atomic_file, write_json
-from seqmtl.model import Head
+from seqmtl.files import atomic_dir, save_png, write_json
+from seqmtl.model import shared_modules, shared_parameters
 from seqmtl.strategies import total
 from seqmtl.tasks import Task, build_tasks
-from seqmtl.train import load_checkpoint
+from seqmtl.train import load_checkpoint, read_weights
 
 GROUPS = ("early_backbone", "late_backbone", "neck", "head")
-PNG_METADATA = {"Software": None}  # no version string in the files: same figure, same bytes
 
 
 @dataclass(frozen=True)
@@ -70,25 +67,21 @@ class SharedParameters:
         return sum(n for n, g in zip(self.sizes, self.groups, strict=True) if group in (None, g))
 
 
-def shared_parameters(model: nn.Module) -> SharedParameters:
-    """Parameters of every `Backbone`, `FeaturePyramidNetwork` and `Head.hidden` in `model`,
-    grouped; a backbone's early group is found from the autograd graph of its stride-8 output
-    on a dummy input (the model must be in eval mode, so that no BN statistics move, and its
-    parameters must require gradients)."""
+def shared_parameter_groups(model: nn.Module) -> SharedParameters:
+    """`seqmtl.model.shared_parameters`, grouped; a backbone's early group is found from the
+    autograd graph of its stride-8 output on a dummy input (the model must be in eval mode, so
+    that no BN statistics move, and its parameters must require gradients)."""
     group_of: dict[int, str] = {}
-    for module in model.modules():
-        if isinstance(module, Backbone):
-            params = list(module.parameters())
-            probe = next(iter(params))
-            c3 = module(torch.zeros(1, 3, 64, 64, device=probe.device))[0]
+    for kind, module in shared_modules(model):
+        params = list(module.parameters())
+        if kind == "backbone":
+            c3 = module(torch.zeros(1, 3, 64, 64, device=params[0].device))[0]
             early = torch.autograd.grad(c3.sum(), params, allow_unused=True)
             for p, g in zip(params, early, strict=True):
                 group_of[id(p)] = "late_backbone" if g is None else "early_backbone"
-        elif isinstance(module, FeaturePyramidNetwork):
-            group_of |= {id(p): "neck" for p in module.parameters()}
-        elif isinstance(module, Head):
-            group_of |= {id(p): "head" for p in module.hidden.parameters()}
-    named = [(n, p) for n, p in model.named_parameters() if id(p) in group_of]
+        else:
+            group_of |= {id(p): kind for p in params}
+    named = list(shared_parameters(model).items())
     if not named:
         raise ValueError(f"{type(model).__name__} has no backbone, neck or head parameters")
     return SharedParameters(
@@ -338,7 +331,7 @@ def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str,
     for path in paths.snapshots:
         model, checkpoint = load_checkpoint(path, params, paths.mini, seed)
         model.eval().requires_grad_(True)  # a strategy may have frozen some parameters
-        shared = shared_parameters(model)
+        shared = shared_parameter_groups(model)
         tasks = build_tasks(model.num_classes, float(params["train"]["score_threshold"]))
         sketch = CountSketch(shared.count(), int(cfg["projection_dim"]), seed)
         stats: dict[str, BatchStatistics] = {}
@@ -369,7 +362,11 @@ def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str,
         }
         directions[path.stem] = {t: s.directions for t, s in stats.items()}
         errors += [e for s in stats.values() for e in s.sketch_errors]
-    histories = weight_histories(paths.histories)
+    histories = {
+        path.parent.name: frame.set_index("step").filter(regex="^w_")
+        for path in paths.histories
+        if (frame := read_weights(path)) is not None
+    }
     result = {
         "settings": {
             "batchnorm": "eval",
@@ -402,8 +399,6 @@ def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str,
             (snapshots[n]["epoch"], t, d) for n, by in directions.items() for t, d in by.items()
         ]
         plot_tsne(points, int(cfg["tsne_perplexity"]), seed, folder / "tsne.png")
-        if histories:
-            plot_weight_histories(histories, folder / "gradnorm_weights.png")
     return result
 
 
@@ -423,30 +418,11 @@ def task_summary(stats: BatchStatistics, b_small: int, b_big: int) -> dict[str, 
     }
 
 
-def weight_histories(paths: list[Path]) -> dict[str, pd.DataFrame]:
-    """The loss-weight history (`step` and the w_<task> columns) of each strategy log that has
-    one, keyed by its stage folder's name."""
-    out = {}
-    for path in paths:
-        if path.is_file():
-            frame = pd.read_csv(path)
-            weights = [c for c in frame.columns if c.startswith("w_")]
-            if weights:
-                out[path.parent.name] = frame[["step", *weights]].set_index("step")
-    return out
-
-
 def _rounded(row: pd.Series) -> dict[str, float | None]:
     return {name.removeprefix("w_"): _round(float(v)) for name, v in row.items()}
 
 
 # --- figures ---
-
-
-def _save(fig: Figure, path: Path) -> None:
-    """Write `fig` as a PNG atomically, with no metadata that changes between runs."""
-    with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=100, metadata=PNG_METADATA)
 
 
 def plot_batch_cosines(directions: dict[str, Tensor], epoch: int, path: Path) -> None:
@@ -465,7 +441,7 @@ def plot_batch_cosines(directions: dict[str, Tensor], epoch: int, path: Path) ->
     ax.set_yticks(centres, list(directions))
     ax.set_title(f"Batch-gradient cosines, epoch {epoch} (count sketch)")
     fig.colorbar(image, ax=ax)
-    _save(fig, path)
+    save_png(fig, path, dpi=100)
 
 
 def _stage_ends(snapshots: dict[str, dict[str, Any]], ax: Axes) -> None:
@@ -494,7 +470,7 @@ def plot_over_epochs(snapshots: dict[str, dict[str, Any]], folder: Path) -> None
         ax.set(yscale="log", xlabel="epoch", title=title)
         _stage_ends(snapshots, ax)
         ax.legend()
-    _save(fig, folder / "noise_scale.png")
+    save_png(fig, folder / "noise_scale.png", dpi=100)
 
     pairs = [f"{a}-{b}" for i, a in enumerate(TASKS) for b in TASKS[i + 1 :]]
     fig = Figure(figsize=(5 * len(pairs), 4))
@@ -516,7 +492,7 @@ def plot_over_epochs(snapshots: dict[str, dict[str, Any]], folder: Path) -> None
         _stage_ends(snapshots, ax)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    _save(fig, folder / "task_cosine.png")
+    save_png(fig, folder / "task_cosine.png", dpi=100)
 
 
 def plot_task_cosine_matrices(snapshots: dict[str, dict[str, Any]], path: Path) -> None:
@@ -543,7 +519,7 @@ def plot_task_cosine_matrices(snapshots: dict[str, dict[str, Any]], path: Path) 
         ax.set_yticks(range(len(names)), names)
         ax.set_title(f"epoch {snapshot['epoch']}")
     fig.suptitle("Task-gradient cosines on the shared parameters")
-    _save(fig, path)
+    save_png(fig, path, dpi=100)
 
 
 def plot_tsne(
@@ -567,16 +543,4 @@ def plot_tsne(
     scatter = right.scatter(*xy.T, c=epochs, s=10, cmap="viridis")
     fig.colorbar(scatter, ax=right, label="epoch")
     right.set_title("… by epoch")
-    _save(fig, path)
-
-
-def plot_weight_histories(histories: dict[str, pd.DataFrame], path: Path) -> None:
-    """Loss weights over the steps of each stage that logged them."""
-    fig = Figure(figsize=(5.5 * len(histories), 4))
-    axes = fig.subplots(1, len(histories), squeeze=False)
-    for ax, (stage, frame) in zip(axes[0], histories.items(), strict=True):
-        for column in frame.columns:
-            ax.plot(frame.index, frame[column], label=column.removeprefix("w_"))
-        ax.set(xlabel="step", ylabel="loss weight", title=f"GradNorm weights, {stage}")
-        ax.legend()
-    _save(fig, path)
+    save_png(fig, path, dpi=100)

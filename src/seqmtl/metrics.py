@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections import defaultdict
 
+import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
-from torchvision.ops import box_iou
 
 IGNORE_INDEX = 255
 
@@ -56,73 +55,41 @@ def miou(confusion: Tensor) -> dict:
     }
 
 
-def _xyxy(boxes: list[list[float]]) -> Tensor:
-    b = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
-    return torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], dim=1)
-
-
-def _count_matches(
-    gt: COCO, detections: list[dict], score_threshold: float, iou_threshold: float
-) -> tuple[int, int, int]:
-    """Greedy matching per (image, category) in descending score order -> (TP, FP, #GT).
-
-    Each non-crowd GT is matched at most once, to the unmatched GT of highest IoU >= threshold.
-    Crowd GT (iscrowd=1) count neither as GT nor FN; an unmatched detection overlapping a crowd
-    box with IoU >= threshold is neither TP nor FP.
-    """
-    gts: dict[tuple[int, int], list[dict]] = defaultdict(list)
-    for ann in gt.dataset.get("annotations", []):
-        gts[ann["image_id"], ann["category_id"]].append(ann)
-    dets: dict[tuple[int, int], list[dict]] = defaultdict(list)
-    for d in detections:
-        if d["score"] >= score_threshold:
-            dets[d["image_id"], d["category_id"]].append(d)
-    n_gt = sum(not a.get("iscrowd", 0) for anns in gts.values() for a in anns)
-    tp = fp = 0
-    for key, group in dets.items():
-        group = sorted(group, key=lambda d: -d["score"])
-        anns = gts.get(key, [])
-        normal = _xyxy([a["bbox"] for a in anns if not a.get("iscrowd", 0)])
-        crowd = _xyxy([a["bbox"] for a in anns if a.get("iscrowd", 0)])
-        boxes = _xyxy([d["bbox"] for d in group])
-        iou = box_iou(boxes, normal)
-        crowd_hit = (box_iou(boxes, crowd) >= iou_threshold).any(1)
-        matched = torch.zeros(len(normal), dtype=torch.bool)
-        for i in range(len(group)):
-            cand = iou[i].masked_fill(matched, -1.0)
-            if len(normal) and cand.max() >= iou_threshold:
-                matched[cand.argmax()] = True
-                tp += 1
-            elif not crowd_hit[i]:
-                fp += 1
-    return tp, fp, n_gt
-
-
 def coco_detection_metrics(
     gt: COCO, detections: list[dict], score_threshold: float, iou_threshold: float = 0.5
 ) -> dict:
-    """COCO box metrics over all images of `gt`.
+    """COCO box metrics over all images of `gt`, from one COCOeval (bbox) run.
 
     `detections` are in COCO results format (image_id, category_id, bbox [x, y, w, h] in original
     image coordinates, score). map = AP@[.5:.95] (COCOeval stats[0]), map50 = AP@.5 (stats[1]),
     both 0.0 when there are no detections or COCOeval reports -1 (no GT at all).
     precision = TP / (TP + FP), recall = TP / #GT, f1 = 2PR / (P + R), each 0.0 when undefined,
-    counting only detections with score >= score_threshold at IoU >= iou_threshold.
+    over the detections scoring at least `score_threshold`, matched as COCOeval matches them at
+    IoU `iou_threshold` (greedily by score, per image and category, at most 100 per image and
+    category; a detection matched to a crowd region counts neither way; crowd regions are not GT).
     """
-    tp, fp, n_gt = _count_matches(gt, detections, score_threshold, iou_threshold)
+    n_gt = sum(not a.get("iscrowd", 0) for a in gt.dataset.get("annotations", []))
+    if not detections:
+        return {"map": 0.0, "map50": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        # loadRes writes area/id/iscrowd into the dicts it gets: hand it copies.
+        ev = COCOeval(gt, gt.loadRes([dict(d) for d in detections]), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    (t,) = np.flatnonzero(np.isclose(ev.params.iouThrs, iou_threshold))
+    tp = fp = 0
+    for image in ev.evalImgs:
+        if image is None or image["aRng"] != ev.params.areaRng[0]:  # the "all" area range only
+            continue
+        counted = (np.asarray(image["dtScores"]) >= score_threshold) & ~image["dtIgnore"][t]
+        matched = image["dtMatches"][t] > 0
+        tp += int((counted & matched).sum())
+        fp += int((counted & ~matched).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / n_gt if n_gt else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    ap = ap50 = 0.0
-    if detections:
-        with contextlib.redirect_stdout(io.StringIO()):
-            # loadRes writes area/id/iscrowd into the dicts it gets: hand it copies.
-            dt = gt.loadRes([dict(d) for d in detections])
-            ev = COCOeval(gt, dt, "bbox")
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        ap, ap50 = max(float(ev.stats[0]), 0.0), max(float(ev.stats[1]), 0.0)
+    ap, ap50 = max(float(ev.stats[0]), 0.0), max(float(ev.stats[1]), 0.0)
     return {"map": ap, "map50": ap50, "precision": precision, "recall": recall, "f1": f1}
 
 

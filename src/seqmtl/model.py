@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from seqmtl.backbones import build_backbone
+from seqmtl.backbones import Backbone, build_backbone
 
 STRIDE = 8
 DET_PRIOR = 0.01
@@ -95,3 +96,23 @@ class UnifiedModel(nn.Module):
             "det": det.flatten(2).transpose(1, 2),
             "cls": cls.mean((2, 3)),
         }
+
+
+def shared_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """("backbone" | "neck" | "head", module) for each part that every task's output passes
+    through: each `Backbone`, `FeaturePyramidNetwork` and `Head.hidden` in `model`, in model
+    order (in a model with one trunk per task, each task's own)."""
+    for module in model.modules():
+        if isinstance(module, Backbone):
+            yield "backbone", module
+        elif isinstance(module, FeaturePyramidNetwork):
+            yield "neck", module
+        elif isinstance(module, Head):
+            yield "head", module.hidden
+
+
+def shared_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters of `shared_modules` by name, in model order: all but the head's last
+    conv, whose output channels are split between the tasks."""
+    shared = {id(p) for _, module in shared_modules(model) for p in module.parameters()}
+    return {name: p for name, p in model.named_parameters() if id(p) in shared}

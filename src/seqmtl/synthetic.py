@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from seqmtl.data import VOC_CLASSES
 from seqmtl.files import atomic_dir
 
 SHAPES = (
@@ -33,29 +34,6 @@ SHAPES = (
 )
 HUES = (0.0, 0.15, 0.33, 0.6, 0.83)
 VOC_SHAPES, COCO_SHAPES, IMAGENETTE_SHAPES = (0, 1, 2, 3), (4, 5), (6, 7)
-VOC_CLASSES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 COCO_FIRST_TEN = (
     "person",
     "bicycle",

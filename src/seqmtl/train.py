@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import random
 import resource
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -50,10 +52,15 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """`auto` -> cuda when available, else cpu; anything else as given. On cuda, cuBLAS is asked
+    for its deterministic workspace (before its first use); bit-exact runs are still not
+    promised there, since some CUDA backward kernels (interpolation among them) are not."""
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    )
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return device
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -283,9 +290,21 @@ def evaluate_all(
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Rows as a CSV (columns: the union of their keys in first-seen order), atomically."""
+    """Rows as a CSV (columns: the union of their keys in first-seen order), atomically.
+
+    Written here rather than with DVCLive, whose metric logs stamp every row with the wall-clock
+    time: the per-epoch curves are declared outputs and must come out byte-identical."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with atomic_file(path) as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def read_weights(path: Path) -> pd.DataFrame | None:
+    """A strategy.csv (`write_csv` of a strategy's per-step log) holding loss weights w_<term>,
+    else None (no such file, or no weights in it)."""
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    return frame if any(c.startswith("w_") for c in frame.columns) else None

@@ -1,43 +1,21 @@
-"""Strategies against forgetting; importing this package registers all of them."""
+"""Strategies against forgetting, one module each; `build_strategy` imports the one it needs."""
 
-from seqmtl.strategies import (
-    cumulative,
-    ewc,
-    gradnorm,
-    independent,
-    lwf,
-    naive,
-    pcgrad,
-    replay,
-    uncertainty,
-)
 from seqmtl.strategies.base import (
-    STRATEGIES,
     Losses,
     StageContext,
     Strategy,
     build_strategy,
     register,
-    shared_parameters,
+    strategy_names,
     total,
 )
 
 __all__ = [
-    "STRATEGIES",
     "Losses",
     "StageContext",
     "Strategy",
     "build_strategy",
-    "cumulative",
-    "ewc",
-    "gradnorm",
-    "independent",
-    "lwf",
-    "naive",
-    "pcgrad",
     "register",
-    "replay",
-    "shared_parameters",
+    "strategy_names",
     "total",
-    "uncertainty",
 ]

@@ -5,12 +5,15 @@ stage's weights), `before_stage(ctx)` once, then for every step `losses(ctx, ima
 and `backward(ctx, losses)` (the loop zeroes the gradients before and steps the optimiser after),
 then `after_stage(ctx)` once. `state_dict()` is saved with the stage's checkpoint and given back
 through `load_state_dict` to the next stage's strategy of the same name. Each strategy is one
-file, registered by name with `@register`; its params are its own section of params.yaml.
+module of this package named as the strategy, its class registered with `@register`; its params
+are its own section of params.yaml.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,15 +57,6 @@ class StageContext:
 def total(parts: dict[str, Tensor]) -> Tensor:
     """The sum of one term's loss components."""
     return torch.stack(list(parts.values())).sum()
-
-
-SHARED_PREFIXES = ("trunk.", "head.hidden.")
-
-
-def shared_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The parameters every task's output depends on, by name: the trunk and the head's hidden
-    layers (the head's last conv has one block of output channels per task)."""
-    return {n: p for n, p in model.named_parameters() if n.startswith(SHARED_PREFIXES)}
 
 
 class Strategy:
@@ -139,8 +133,18 @@ def register(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     return add
 
 
+def strategy_names() -> list[str]:
+    """Every strategy: the modules of this package but `base`, each named as its strategy."""
+    package = importlib.import_module("seqmtl.strategies")
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name != "base")
+
+
 def build_strategy(name: str, params: dict[str, Any]) -> Strategy:
-    """The strategy `name`, configured by its own params section (params[name], may be absent)."""
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy: unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    """The strategy `name`, configured by its own params section (params[name], may be absent).
+
+    Only its own module is imported, so a stage depends on the code of the strategy it runs."""
+    if name not in strategy_names():
+        known = ", ".join(strategy_names())
+        raise ValueError(f"strategy: unknown strategy {name!r}; known: {known}")
+    importlib.import_module(f"seqmtl.strategies.{name}")
     return STRATEGIES[name](params.get(name) or {})

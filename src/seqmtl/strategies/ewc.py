@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from seqmtl.model import shared_parameters
 from seqmtl.strategies.base import (
     Losses,
     StageContext,
     Strategy,
     register,
-    shared_parameters,
     total,
 )
 from seqmtl.tasks import Targets
@@ -83,7 +83,9 @@ class EWC(Strategy):
         """λ·Σ F(θ - θ*)² over the shared parameters (zero before any task is consolidated)."""
         params = shared_parameters(model)
         terms = [(f * (params[n] - self.anchor[n]) ** 2).sum() for n, f in self.fisher.items()]
-        return self.weight * torch.stack(terms).sum() if terms else torch.zeros(())
+        if not terms:
+            return torch.zeros((), device=next(iter(params.values())).device)
+        return self.weight * torch.stack(terms).sum()
 
     def before_stage(self, ctx: StageContext) -> None:
         self.fisher = {n: f.to(ctx.device) for n, f in self.fisher.items()}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from seqmtl.strategies.base import Losses, StageContext, register, shared_parameters, total
+from seqmtl.model import shared_parameters
+from seqmtl.strategies.base import Losses, StageContext, register, total
 from seqmtl.strategies.replay import Replay
 
 

@@ -20,7 +20,7 @@ class Uncertainty(Replay):
     Choices: one form for every task, exp(-s)·L + s, which is twice Kendall et al.'s regression
     form ½·exp(-s)·L + ½·s (same optimum s* = log L; starts, at s = 0, as replay's plain sum);
     each s_i starts at 0 for a task first in play and is carried to the next stage otherwise (the
-    noise level belongs to the task). Logs s_<task> every step.
+    noise level belongs to the task). Logs the weights w_<task> = exp(-s_<task>) every step.
 
     cfg: per_task, batch_size (the replay buffer's).
     """
@@ -38,7 +38,7 @@ class Uncertainty(Replay):
 
     def backward(self, ctx: StageContext, losses: Losses) -> None:
         s = self.log_variances
-        ctx.log(**{f"s_{n}": s[n].item() for n in losses})
+        ctx.log(**{f"w_{n}": torch.exp(-s[n]).item() for n in losses})
         torch.stack([torch.exp(-s[n]) * total(losses[n]) + s[n] for n in losses]).sum().backward()
 
     def parameters(self) -> list[nn.Parameter]:
