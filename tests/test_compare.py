@@ -112,6 +112,6 @@ def test_command_writes_table_json_and_plot(
     assert set(saved["strategies"]) == {"naive", "replay", "lwf"} and saved["fixed"] == {}
     assert (tmp_path / "metrics" / "cmp.md").read_text().startswith("# Strategy comparison")
     assert (tmp_path / "plots" / "cmp.png").read_bytes()[:4] == b"\x89PNG"
-    monkeypatch.setattr("sys.argv", ["compare", "--input", "show.json", "-S", "seed=7"])
+    monkeypatch.setattr("sys.argv", ["compare", "--input", "show.json", "-S", "stage3.epochs=99"])
     with pytest.raises(SystemExit, match="no finished run matches"):
         main()

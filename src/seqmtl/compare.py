@@ -5,9 +5,9 @@
 
 Reads `dvc exp show --json --rev REV` (or `--input`, a saved copy): the run committed at REV
 (default HEAD) and every finished experiment based on it. A run takes part when its params equal
-params.yaml except for `strategy`, `seed` and the keys given with `-S` (which it must match), so
-runs of another configuration (real data, other epochs) never mix in; one run per (strategy,
-seed). Writes metrics/<name>.json, metrics/<name>.md (table) and plots/<name>.png:
+params.yaml except for `strategy`, `seed`, `data.mirror` (where the archives were read from, a
+machine's path) and the keys given with `-S` (which it must match), so runs of another
+configuration (real data, other epochs) never mix in; one run per (strategy, seed). Writes metrics/<name>.json, metrics/<name>.md (table) and plots/<name>.png:
 
 - per strategy and task, over seeds: mean ± sample std (n - 1) of the final metric and of its
   relative drop from the task's own baseline, and the rate of ≤ max_drop verdicts (against the
@@ -38,7 +38,7 @@ from seqmtl.data import TASKS
 from seqmtl.files import atomic_file, save_png, write_json
 
 ALPHA = 0.05
-VARIED = ("strategy", "seed")
+VARIED = ("strategy", "seed", "data.mirror")
 
 Run = dict[str, Any]
 
@@ -258,14 +258,14 @@ def plot(comparison: dict[str, Any], path: Path) -> None:
 
 
 def parse_fixed(items: list[str]) -> dict[str, Any]:
-    """`-S key=value` pairs (values parsed as YAML, as DVC does)."""
+    """`-S key=value` pairs (values parsed as YAML, as DVC does), but those of VARIED keys."""
     fixed = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"-S takes key=value, got {item!r}")
         fixed[key] = yaml.safe_load(value)
-    return fixed
+    return {key: value for key, value in fixed.items() if key not in VARIED}
 
 
 def main() -> None:
