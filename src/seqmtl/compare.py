@@ -7,7 +7,8 @@ Reads `dvc exp show --json --rev REV` (or `--input`, a saved copy): the run comm
 (default HEAD) and every finished experiment based on it. A run takes part when its params equal
 params.yaml except for `strategy`, `seed`, `data.mirror` (where the archives were read from, a
 machine's path) and the keys given with `-S` (which it must match), so runs of another
-configuration (real data, other epochs) never mix in; one run per (strategy, seed). Writes metrics/<name>.json, metrics/<name>.md (table) and plots/<name>.png:
+configuration (real data, other epochs) never mix in; one run per (strategy, seed). Writes
+metrics/<name>.json, metrics/<name>.md (table) and plots/<name>.png:
 
 - per strategy and task, over seeds: mean ± sample std (n - 1) of the final metric and of its
   relative drop from the task's own baseline, and the rate of ≤ max_drop verdicts (against the
