@@ -96,7 +96,7 @@ def test_paired_flag(comparison: dict) -> None:
 
 def test_rendered_table(comparison: dict, tmp_path: Path) -> None:
     text = render(comparison, "comparison", {})
-    assert "| replay | 0,1,2 | seg (m) | 0.710 ± 0.026 |" in text
+    assert "| replay | 0,1,2 | seg (m) | 0.800 ± 0.000 | 0.710 ± 0.026 |" in text
     assert "| seg | naive - replay | -0.610 |" in text and "**differs**" in text
 
 
