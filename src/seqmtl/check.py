@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,11 +29,19 @@ TIMING = ("*_time.json", "efficiency.json")
 
 
 def dvc(*args: str) -> str:
-    """Output of a dvc command (stdout and stderr); a failing command raises with its output."""
-    result = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    """Standard output of a dvc command; a failing command raises with all its output.
+
+    DVC and the stages it runs use this interpreter's environment (first on PATH)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": path},
+    )
     if result.returncode:
         raise RuntimeError(f"dvc {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    return result.stdout + result.stderr
+    return result.stdout
 
 
 def stages_run(output: str) -> list[str]:

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
@@ -35,6 +34,7 @@ import yaml
 from matplotlib.figure import Figure
 from scipy.stats import ttest_rel
 
+from seqmtl.check import dvc
 from seqmtl.data import TASKS
 from seqmtl.files import atomic_file, save_png, write_json
 
@@ -63,7 +63,7 @@ def read_runs(exp_show: list[dict[str, Any]]) -> list[Run]:
             continue
         revisions = [commit] + [
             rev for exp in commit.get("experiments") or [] for rev in exp["revs"]
-            if not exp.get("executor")  # queued, running or failed experiments have one
+            if (exp.get("executor") or {}).get("state", "success") == "success"
         ]  # fmt: skip
         for rev in revisions:
             data = rev.get("data") or {}
@@ -180,12 +180,12 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
     return {"alpha": ALPHA, "strategies": strategies, "pairs": pairs}
 
 
-def cell(stats: dict[str, Any] | None, scale: float = 1.0, unit: str = "") -> str:
-    """'mean ± std' (or the mean alone for one seed, '—' for none)."""
+def cell(stats: dict[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
+    """'mean ± std' of `stats` times `scale` (the mean alone for one seed, '—' for none)."""
     if stats is None:
         return "—"
-    text = f"{stats['mean'] * scale:.3f}{unit}"
-    return text if stats["std"] is None else f"{text} ± {stats['std'] * scale:.3f}{unit}"
+    text = f"{stats['mean'] * scale:.{digits}f}"
+    return text if stats["std"] is None else f"{text} ± {stats['std'] * scale:.{digits}f}"
 
 
 def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
@@ -212,9 +212,9 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
             lines.append(
                 f"| {strategy} | {seeds} | {task} ({row['metric']}) | {cell(row['baseline'])} "
                 f"| {cell(row['final'])} "
-                f"| {cell(row['drop'])} | {cell(row['relative_drop'], 100, ' %')} "
+                f"| {cell(row['drop'])} | {cell(row['relative_drop'], 100, 1)} % "
                 f"| {row['pass_rate']:.0%} | {row['pass_rate_vs_reference']:.0%} "
-                f"| {cell(stats['training_seconds'], unit='')} |"
+                f"| {cell(stats['training_seconds'], digits=0)} |"
             )
     lines += [
         "",
@@ -283,11 +283,7 @@ def main() -> None:
     if args.input:
         exp_show = json.loads(args.input.read_text())
     else:
-        command = ["dvc", "exp", "show", "--json", "--rev", args.rev]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode:
-            raise SystemExit(f"dvc exp show failed:\n{result.stderr}")
-        exp_show = json.loads(result.stdout)
+        exp_show = json.loads(dvc("exp", "show", "--json", "--rev", args.rev))
     fixed = parse_fixed(args.fixed)
     runs = select(read_runs(exp_show), yaml.safe_load(args.params.read_text()), fixed)
     if not runs:
