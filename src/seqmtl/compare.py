@@ -202,7 +202,7 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
         "them; the share of seeds whose relative drop is within the threshold (against the "
         "baseline / against the single-task reference); the training time of stages 2 and 3.",
         "",
-        "| Strategy | Seeds | Task | After own stage | Final | Drop | Relative drop | Pass rate "
+        "| Strategy | Seeds | Task | After own stage | Final | Drop | Relative drop % | Pass rate "
         "| Pass rate vs ref. | Stages 2+3 s |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -212,7 +212,7 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
             lines.append(
                 f"| {strategy} | {seeds} | {task} ({row['metric']}) | {cell(row['baseline'])} "
                 f"| {cell(row['final'])} "
-                f"| {cell(row['drop'])} | {cell(row['relative_drop'], 100, 1)} % "
+                f"| {cell(row['drop'])} | {cell(row['relative_drop'], 100, 1)} "
                 f"| {row['pass_rate']:.0%} | {row['pass_rate_vs_reference']:.0%} "
                 f"| {cell(stats['training_seconds'], digits=0)} |"
             )
