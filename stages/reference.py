@@ -19,7 +19,7 @@ def main() -> None:
         mini=Path("data/mini"),
         previous=None,
         checkpoint=Path(f"data/checkpoints/{name}.pt"),
-        snapshots=Path(f"data/checkpoints/{name}_epochs"),
+        snapshots=None,
         metrics=Path(f"metrics/{name}.json"),
         timing=Path(f"metrics/{name}_time.json"),
         plots=Path(f"plots/{name}"),

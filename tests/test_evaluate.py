@@ -167,7 +167,7 @@ def test_reference_trains_one_task_alone(tiny_mini: Path, tmp_path: Path) -> Non
         mini=tiny_mini,
         previous=None,
         checkpoint=tmp_path / "reference_det.pt",
-        snapshots=tmp_path / "reference_det_epochs",
+        snapshots=None,
         metrics=tmp_path / "reference_det.json",
         timing=tmp_path / "reference_det_time.json",
         plots=tmp_path / "reference_det",
@@ -176,6 +176,9 @@ def test_reference_trains_one_task_alone(tiny_mini: Path, tmp_path: Path) -> Non
     assert metrics["task"] == "det" and metrics["strategy"] == "naive"
     assert set(metrics["final"]) == set(metrics["chance"]) == {"det"}
     assert json.loads(paths.metrics.read_text()) == metrics
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "reference_det", "reference_det.json", "reference_det.pt", "reference_det_time.json",
+    ]  # fmt: skip
     assert (paths.plots / "val.csv").read_text().splitlines()[1].startswith("1,2,")  # own epoch 1
     checkpoint = torch.load(paths.checkpoint, weights_only=True)
     assert checkpoint["tasks"] == ["det"] and checkpoint["strategy"] == "naive"

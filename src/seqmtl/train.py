@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -32,12 +33,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StagePaths:
-    """Where a stage reads and writes."""
+    """Where a stage reads and writes (`snapshots` None: no snapshots during training)."""
 
     mini: Path
     previous: Path | None
     checkpoint: Path
-    snapshots: Path
+    snapshots: Path | None
     metrics: Path
     timing: Path
     plots: Path
@@ -211,7 +212,8 @@ def train_stage(
     scores: dict[str, dict[str, float]] = {}
     train_time = data_time = 0.0
     images_seen = 0
-    with atomic_dir(paths.snapshots) as snapshots:
+    keep = atomic_dir(paths.snapshots) if paths.snapshots else contextlib.nullcontext(None)
+    with keep as snapshots:
         for epoch in (bar := tqdm(range(1, epochs + 1), desc=f"{name} {task}", unit="epoch")):
             model.train()
             sums: dict[str, float] = defaultdict(float)
@@ -242,7 +244,7 @@ def train_stage(
                            for t in seen}  # fmt: skip
                 val_rows.append(row | primary)
                 log.info("epoch %d: %s", global_epoch, primary)
-            if epoch % int(train_cfg["checkpoint_every"]) == 0 or epoch == epochs:
+            if snapshots and (epoch % int(train_cfg["checkpoint_every"]) == 0 or epoch == epochs):
                 torch.save(
                     {"model": model.state_dict(), "epoch": global_epoch, "tasks": seen,
                      "strategy": strategy_name},
