@@ -83,6 +83,18 @@ def test_mean_and_sample_std(comparison: dict) -> None:
     assert comparison["strategies"]["lwf"]["training_seconds"]["mean"] == pytest.approx(61)
 
 
+def test_undefined_relative_drop() -> None:
+    """`dvc exp show` drops the null relative drop of a task that was never learned."""
+    runs = select(read_runs(exp_show()), BASE, {})
+    for run in runs:
+        if run["params"]["strategy"] == "lwf":
+            entry = run["metrics"]["metrics/eval.json"]["tasks"]["cls"]["vs_baseline"]
+            del entry["relative"]
+            entry["verdict"] = "not learned"
+    cls = aggregate(runs)["strategies"]["lwf"]["tasks"]["cls"]
+    assert cls["relative_drop"] is None and cls["pass_rate"] == 0
+
+
 def test_paired_flag(comparison: dict) -> None:
     seg = comparison["pairs"]["seg"]
     replay, naive = [FINALS["replay", s] for s in range(3)], [FINALS["naive", s] for s in range(3)]

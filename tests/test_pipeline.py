@@ -101,15 +101,26 @@ def test_reproduction_check_passes_then_catches_a_changed_seed(repo: Path) -> No
 
 def test_queued_sweep_and_comparison(repo: Path) -> None:
     run(repo, "git", "checkout", "--", "params.yaml")
-    for strategy in ("naive", "replay"):
-        run(repo, "dvc", "exp", "run", "--queue", "-S", f"strategy={strategy}", "-S", "seed=0")
-    run(repo, "dvc", "queue", "start", "-j", "1")
-    deadline = time.monotonic() + 600
-    while re.search("Running|Queued", run(repo, "dvc", "queue", "status")):
-        assert time.monotonic() < deadline, run(repo, "dvc", "queue", "status")
-        time.sleep(5)
-    assert "Failed" not in run(repo, "dvc", "queue", "status")
+
+    def sweep(*strategies: str) -> None:
+        for strategy in strategies:
+            run(repo, "dvc", "exp", "run", "--queue", "-S", f"strategy={strategy}", "-S", "seed=1")
+        run(repo, "dvc", "queue", "start", "-j", "1")
+        deadline = time.monotonic() + 600
+        while re.search("Running|Queued", run(repo, "dvc", "queue", "status")):
+            assert time.monotonic() < deadline, run(repo, "dvc", "queue", "status")
+            time.sleep(5)
+        assert "Failed" not in run(repo, "dvc", "queue", "status")
+
+    sweep("naive")  # the first run of seed 1 computes its stage 1 and references ...
+    sweep("replay")  # ... and the next one restores them from the run cache
+    latest = run(repo, "dvc", "exp", "ls", "--name-only").split()[0]
+    logs = run(repo, "dvc", "queue", "logs", latest)
+    assert "Running stage 'stage2_det'" in logs
+    for stage in ("stage1_seg", "reference_det", "reference_cls"):
+        assert f"Running stage '{stage}'" not in logs
     output = run(repo, sys.executable, "-m", "seqmtl.compare", "--name", "sweep")
     comparison = json.loads((repo / "metrics" / "sweep.json").read_text())
     assert sorted(comparison["strategies"]) == ["naive", "replay"]
+    assert all(1 in s["seeds"] for s in comparison["strategies"].values())
     assert "| seg | naive - replay |" in output and (repo / "plots" / "sweep.png").is_file()

@@ -132,8 +132,9 @@ def final_metrics(seeds: dict[int, dict[str, Any]], task: str, which: list[int])
 
 
 def task_statistics(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Statistics over seeds of one task's eval.json entries."""
-    relative = [r["vs_baseline"]["relative"] for r in rows]
+    """Statistics over seeds of one task's eval.json entries (a relative drop that is not
+    defined is null in eval.json, and `dvc exp show` leaves nulls out)."""
+    relative = [r["vs_baseline"].get("relative") for r in rows]
     return {
         "metric": rows[0]["metric"],
         "baseline": mean_std([r["baseline"] for r in rows]),
