@@ -61,6 +61,8 @@ def test_first_repro_writes_every_output(repo: Path) -> None:
     assert set(final) == {"seg", "det", "cls"}
     assert (repo / "data" / "checkpoints" / "stage3.pt").is_file()
     assert len(list((repo / "data" / "checkpoints" / "stage2_epochs").glob("*.pt"))) == 2
+    raw = next(p for p in (repo / "data" / "raw").rglob("*") if p.is_file())
+    assert raw.stat().st_nlink == 2  # a hard link to its copy in .dvc/cache: stored once
 
 
 def test_second_repro_does_nothing(repo: Path) -> None:
