@@ -117,11 +117,14 @@ def test_queued_sweep_and_comparison(repo: Path) -> None:
     # Seed 2 has never run in this repo (the check above left seed 1's outputs in place).
     sweep("naive")  # the first run of seed 2 computes its stage 1 and references ...
     sweep("replay")  # ... and the next one restores them from the run cache
-    latest = run(repo, "dvc", "exp", "ls", "--name-only").split()[0]
-    logs = run(repo, "dvc", "queue", "logs", latest)
-    assert "Running stage 'stage2_det'" in logs
+    names = run(repo, "dvc", "exp", "ls", "--name-only").split()
+    logs = {name: run(repo, "dvc", "queue", "logs", name) for name in names}
+    first = [name for name, log in logs.items() if "Running stage 'stage1_seg'" in log]
+    assert len(names) == 2 and len(first) == 1
+    (second,) = set(names) - set(first)
+    assert "Running stage 'stage2_det'" in logs[second]
     for stage in ("stage1_seg", "reference_det", "reference_cls"):
-        assert f"Running stage '{stage}'" not in logs
+        assert f"Running stage '{stage}'" not in logs[second]
     output = run(repo, sys.executable, "-m", "seqmtl.compare", "--name", "sweep")
     comparison = json.loads((repo / "metrics" / "sweep.json").read_text())
     assert sorted(comparison["strategies"]) == ["naive", "replay"]
