@@ -107,6 +107,20 @@ def test_paired_flag(comparison: dict) -> None:
     assert det["difference"] == 0 and det["p_value"] is None and det["within_noise"]
 
 
+def test_benjamini_hochberg_q_values(comparison: dict) -> None:
+    """q = min over ranks j >= i of p_(j) * m / j, computed by hand over the task's pairs."""
+    seg = comparison["pairs"]["seg"]
+    ranked = sorted((t["p_value"], pair) for pair, t in seg.items() if t["p_value"] is not None)
+    m = len(ranked)
+    for i, (_, pair) in enumerate(ranked):
+        expected = min(1.0, *(ranked[j][0] * m / (j + 1) for j in range(i, m)))
+        assert seg[pair]["q_value"] == pytest.approx(expected, abs=1e-5)
+        assert seg[pair]["within_noise"] == (expected >= 0.05)
+    smallest = seg[ranked[0][1]]
+    assert m == 3 and smallest["q_value"] == pytest.approx(3 * smallest["p_value"], abs=1e-5)
+    assert comparison["pairs"]["det"]["naive - replay"]["q_value"] is None
+
+
 def test_rendered_table(comparison: dict, tmp_path: Path) -> None:
     text = render(comparison, "comparison", {})
     assert "| replay | 0,1,2 | seg (m) | 0.800 ± 0.000 | 0.710 ± 0.026 |" in text

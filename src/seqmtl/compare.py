@@ -15,8 +15,10 @@ metrics/<name>.json, metrics/<name>.md (table) and plots/<name>.png:
   baseline and against the single-task reference); per strategy, the training time of stages
   2 and 3;
 - per task, every pair of strategies run with the same seeds: the mean paired difference of the
-  final metric and a two-sided paired t-test over seeds; the difference is flagged "within
-  noise" when p >= 0.05 (or fewer than 2 paired seeds, or identical differences of zero).
+  final metric and a two-sided paired t-test over seeds, its p-value adjusted over the task's
+  pairs by Benjamini-Hochberg (q, the false discovery rate of calling a pair different); the
+  difference is flagged "within noise" when q >= 0.05 (or fewer than 2 paired seeds, or
+  identical differences of zero).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 import yaml
 from matplotlib.figure import Figure
-from scipy.stats import ttest_rel
+from scipy.stats import false_discovery_control, ttest_rel
 
 from seqmtl.check import dvc
 from seqmtl.data import TASKS
@@ -102,19 +104,28 @@ def mean_std(values: list[float]) -> dict[str, float | int | None]:
 
 
 def paired_test(a: list[float], b: list[float]) -> dict[str, Any]:
-    """Mean of a - b and the two-sided paired t-test's p-value; flagged within noise when
-    p >= ALPHA or it cannot be computed."""
+    """Mean of a - b and the two-sided paired t-test's p-value (None when it cannot be
+    computed)."""
     differences = [x - y for x, y in zip(a, b, strict=True)]
     p = None
     if len(differences) > 1 and any(differences):
         p = float(ttest_rel(a, b).pvalue)
         p = None if math.isnan(p) else round(p, 6)
-    return {
-        "difference": round(statistics.fmean(differences), 6),
-        "p_value": p,
-        "seeds": len(differences),
-        "within_noise": p is None or p >= ALPHA,
-    }
+    return {"difference": round(statistics.fmean(differences), 6), "p_value": p,
+            "seeds": len(differences)}  # fmt: skip
+
+
+def flag_within_noise(tests: dict[str, dict[str, Any]]) -> None:
+    """Adds to each test of the family `tests` its Benjamini-Hochberg q-value (None where no
+    test was possible) and its flag: within noise when q is None or q >= ALPHA."""
+    tested = [test for test in tests.values() if test["p_value"] is not None]
+    q_values = false_discovery_control([t["p_value"] for t in tested]) if tested else []
+    for test in tests.values():
+        test["q_value"] = None
+    for test, q in zip(tested, q_values, strict=True):
+        test["q_value"] = round(float(q), 6)
+    for test in tests.values():
+        test["within_noise"] = test["q_value"] is None or test["q_value"] >= ALPHA
 
 
 def training_seconds(metrics: dict[str, Any]) -> float | None:
@@ -178,6 +189,8 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
                 final_metrics(by_strategy[a], task, common),
                 final_metrics(by_strategy[b], task, common),
             )
+    for tests in pairs.values():
+        flag_within_noise(tests)
     return {"alpha": ALPHA, "strategies": strategies, "pairs": pairs}
 
 
@@ -220,17 +233,19 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
     lines += [
         "",
         f"Paired differences of the final metric (row minus column strategy, same seeds), "
-        f"two-sided paired t-test over seeds; *within noise* when p ≥ {comparison['alpha']}:",
+        "two-sided paired t-test over seeds (p), adjusted over the task's pairs by "
+        f"Benjamini-Hochberg (q); *within noise* when q ≥ {comparison['alpha']}:",
         "",
-        "| Task | Pair | Difference | p | Seeds | |",
-        "| --- | --- | ---: | ---: | ---: | --- |",
+        "| Task | Pair | Difference | p | q | Seeds | |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for task, pairs in comparison["pairs"].items():
         for pair, test in pairs.items():
-            p = "—" if test["p_value"] is None else f"{test['p_value']:.3f}"
+            p, q = ("—" if v is None else f"{v:.3f}" for v in (test["p_value"], test["q_value"]))
             flag = "within noise" if test["within_noise"] else "**differs**"
             lines.append(
-                f"| {task} | {pair} | {test['difference']:+.3f} | {p} | {test['seeds']} | {flag} |"
+                f"| {task} | {pair} | {test['difference']:+.3f} | {p} | {q} | {test['seeds']} "
+                f"| {flag} |"
             )
     return "\n".join(lines) + "\n"
 
