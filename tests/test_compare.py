@@ -55,7 +55,7 @@ def exp_show() -> list[dict]:
         {"revs": [revision("run", running, {"seg": 0.3, "det": 0, "cls": 0}, 1)],
          "executor": {"state": "running"}},
     ]  # fmt: skip
-    committed = revision("main", BASE, {"seg": 0.10, "det": 0.5, "cls": 0.9}, 60)
+    committed = revision("main", BASE, {"seg": 0.10, "det": 0.5, "cls": 0.9}, 58)
     return [{"rev": "workspace", "data": {}}, committed | {"experiments": experiments}]
 
 
@@ -81,6 +81,26 @@ def test_mean_and_sample_std(comparison: dict) -> None:
     assert seg["pass_rate"] == 0.0  # every seed drops by about 10 %
     assert comparison["strategies"]["naive"]["tasks"]["cls"]["pass_rate"] == 1.0  # 0.9 > 0.8
     assert comparison["strategies"]["lwf"]["training_seconds"]["mean"] == pytest.approx(61)
+
+
+def test_timing_restored_from_run_cache_is_not_counted() -> None:
+    """A run whose stages 2 and 3 DVC restored keeps its commit's timing files: no time of its
+    own. A later duplicate of the same (strategy, seed) that timed them is chosen instead."""
+    show = exp_show()
+    replay1 = show[1]["experiments"][4]["revs"][0]
+    assert replay1["name"] == "replay1"
+    cached = json.loads(json.dumps(replay1)) | {"name": "cached"}
+    committed = show[1]["data"]["metrics"]["metrics/efficiency.json"]
+    cached["data"]["metrics"]["metrics/efficiency.json"] = committed
+    show[1]["experiments"].insert(0, {"revs": [cached], "executor": None, "name": "cached"})
+    runs = read_runs(show)
+    assert next(r for r in runs if r["name"] == "cached")["seconds"] == {}
+    chosen = select(runs, BASE, {})
+    assert "replay1" in [r["name"] for r in chosen] and "cached" not in [r["name"] for r in chosen]
+    alone = select([r for r in runs if r["name"] != "replay1"], BASE, {})
+    replay = aggregate(alone)["strategies"]["replay"]
+    assert replay["seeds"] == [0, 1, 2]
+    assert replay["training_seconds"] == {"mean": 61.0, "std": pytest.approx(1.414214), "n": 2}
 
 
 def test_undefined_relative_drop() -> None:

@@ -1,14 +1,16 @@
 """Strategy comparison over seeds, collected from DVC experiments.
 
-    python -m seqmtl.compare [--name comparison] [-S key=value ...] [--rev REV]
+    python -m seqmtl.compare [--name comparison] [-S key=value ...] [--rev REV ...]
                              [--input exp_show.json]
 
-Reads `dvc exp show --json --rev REV` (or `--input`, a saved copy): the run committed at REV
-(default HEAD) and every finished experiment based on it. A run takes part when its params equal
-params.yaml except for `strategy`, `seed`, `data.mirror` (where the archives were read from, a
-machine's path) and the keys given with `-S` (which it must match), so runs of another
-configuration (real data, other epochs) never mix in; one run per (strategy, seed). Writes
-metrics/<name>.json, metrics/<name>.md (table) and plots/<name>.png:
+Reads `dvc exp show --json --rev REV` for each REV (default HEAD; or `--input`, a saved copy):
+the run committed at REV and every finished experiment based on it. A run takes part when its
+params equal params.yaml except for `strategy`, `seed`, `data.mirror` (where the archives were
+read from, a machine's path) and the keys given with `-S` (which it must match), so runs of
+another configuration (real data, other epochs) never mix in; one run per (strategy, seed),
+preferring one that timed its own stages 2 and 3 (a run whose stages DVC restored from its run
+cache has no training time of its own). Writes metrics/<name>.json, metrics/<name>.md (table)
+and plots/<name>.png:
 
 - per strategy and task, over seeds: mean ± sample std (n - 1) of the final metric and of its
   relative drop from the task's own baseline, and the rate of ≤ max_drop verdicts (against the
@@ -58,7 +60,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def read_runs(exp_show: list[dict[str, Any]]) -> list[Run]:
-    """Params and metrics of the committed run and of its finished experiments."""
+    """Params, metrics and own training seconds per stage of each committed run and of its
+    finished experiments. The timing files are not declared outputs, so a stage that DVC
+    restores from its run cache leaves the committed run's timing in place: an experiment's
+    stage whose entry equals its commit's was not timed in that experiment and is left out."""
     runs = []
     for commit in exp_show:
         if commit["rev"] == "workspace":
@@ -67,19 +72,29 @@ def read_runs(exp_show: list[dict[str, Any]]) -> list[Run]:
             rev for exp in commit.get("experiments") or [] for rev in exp["revs"]
             if (exp.get("executor") or {}).get("state", "success") == "success"
         ]  # fmt: skip
+        committed: dict[str, Any] = {}
         for rev in revisions:
             data = rev.get("data") or {}
             metrics = {p: m.get("data", {}) for p, m in (data.get("metrics") or {}).items()}
             params = (data.get("params") or {}).get("params.yaml", {}).get("data")
+            efficiency = metrics.get("metrics/efficiency.json", {}).get("training", {})
+            timed = {
+                stage: entry["train_seconds"]
+                for stage, entry in efficiency.get("runs", {}).items()
+                if rev is commit or entry != committed.get(stage)
+            }
+            if rev is commit:
+                committed = efficiency.get("runs", {})
             if params and "metrics/eval.json" in metrics:
                 runs.append({"name": rev.get("name") or rev["rev"][:7], "params": params,
-                             "metrics": metrics})  # fmt: skip
+                             "metrics": metrics, "seconds": timed})  # fmt: skip
     return runs
 
 
 def select(runs: list[Run], base: dict[str, Any], fixed: dict[str, Any]) -> list[Run]:
     """Runs equal to `base` except for VARIED and `fixed` (which they must match), one per
-    (strategy, seed): the first listed wins."""
+    (strategy, seed): the first listed with its own training time of stages 2 and 3, else the
+    first listed."""
     base_flat = flatten(base)
     chosen: dict[tuple[str, int], Run] = {}
     for run in runs:
@@ -89,7 +104,11 @@ def select(runs: list[Run], base: dict[str, Any], fixed: dict[str, Any]) -> list
             flat.get(k) != base_flat.get(k) for k in keys - set(VARIED) - set(fixed)
         ):
             continue
-        chosen.setdefault((flat["strategy"], flat["seed"]), run)
+        key = (flat["strategy"], flat["seed"])
+        if key not in chosen or (
+            training_seconds(chosen[key]) is None and training_seconds(run) is not None
+        ):
+            chosen[key] = run
     return list(chosen.values())
 
 
@@ -128,18 +147,18 @@ def flag_within_noise(tests: dict[str, dict[str, Any]]) -> None:
         test["within_noise"] = test["q_value"] is None or test["q_value"] >= ALPHA
 
 
-def training_seconds(metrics: dict[str, Any]) -> float | None:
-    """Training time of stages 2 and 3, which every strategy runs itself (stage 1 and the
-    references come from DVC's run cache in all but one run per seed), from efficiency.json."""
-    runs = metrics.get("metrics/efficiency.json", {}).get("training", {}).get("runs", {})
-    if not {"stage2", "stage3"} <= set(runs):
+def training_seconds(run: Run) -> float | None:
+    """Training time of stages 2 and 3, which every strategy runs itself, where both were timed
+    in this run (None where DVC restored them from its run cache)."""
+    seconds = run["seconds"]
+    if not {"stage2", "stage3"} <= set(seconds):
         return None
-    return round(runs["stage2"]["train_seconds"] + runs["stage3"]["train_seconds"], 2)
+    return round(seconds["stage2"] + seconds["stage3"], 2)
 
 
-def final_metrics(seeds: dict[int, dict[str, Any]], task: str, which: list[int]) -> list[float]:
+def final_metrics(seeds: dict[int, Run], task: str, which: list[int]) -> list[float]:
     """The final metric of `task` in the runs of the seeds `which`."""
-    return [seeds[s]["metrics/eval.json"]["tasks"][task]["final"] for s in which]
+    return [seeds[s]["metrics"]["metrics/eval.json"]["tasks"][task]["final"] for s in which]
 
 
 def task_statistics(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -165,17 +184,17 @@ def task_statistics(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def aggregate(runs: list[Run]) -> dict[str, Any]:
     """The comparison: per-strategy statistics over seeds and pairwise paired tests."""
-    by_strategy: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    by_strategy: dict[str, dict[int, Run]] = defaultdict(dict)
     for run in runs:
-        by_strategy[run["params"]["strategy"]][run["params"]["seed"]] = run["metrics"]
+        by_strategy[run["params"]["strategy"]][run["params"]["seed"]] = run
     strategies: dict[str, Any] = {}
     for strategy, seeds in sorted(by_strategy.items()):
-        times = [t for m in seeds.values() if (t := training_seconds(m)) is not None]
+        times = [t for run in seeds.values() if (t := training_seconds(run)) is not None]
         strategies[strategy] = {
             "seeds": sorted(seeds),
             "tasks": {
                 task: task_statistics(
-                    [m["metrics/eval.json"]["tasks"][task] for m in seeds.values()]
+                    [run["metrics"]["metrics/eval.json"]["tasks"][task] for run in seeds.values()]
                 )
                 for task in TASKS
             },
@@ -292,14 +311,19 @@ def main() -> None:
     parser.add_argument("--name", default="comparison", help="names the outputs")
     parser.add_argument("-S", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
                         help="params every run must have (as given to dvc exp run -S)")  # fmt: skip
-    parser.add_argument("--rev", default="HEAD", help="the commit the experiments are based on")
+    parser.add_argument("--rev", action="append", default=[],
+                        help="a baseline commit of the experiments (repeatable; HEAD)")  # fmt: skip
     parser.add_argument("--input", type=Path, help="a saved `dvc exp show --json`")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     if args.input:
         exp_show = json.loads(args.input.read_text())
     else:
-        exp_show = json.loads(dvc("exp", "show", "--json", "--rev", args.rev))
+        exp_show = [
+            entry
+            for rev in args.rev or ["HEAD"]
+            for entry in json.loads(dvc("exp", "show", "--json", "--rev", rev))
+        ]
     fixed = parse_fixed(args.fixed)
     runs = select(read_runs(exp_show), yaml.safe_load(args.params.read_text()), fixed)
     if not runs:
