@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import ttest_rel
 
-from seqmtl.compare import aggregate, main, read_runs, render, select
+from seqmtl.compare import aggregate, main, plot, read_runs, render, select
 
 BASE = {"seed": 0, "strategy": "naive", "data": {"source": "synthetic"}, "stage3": {"epochs": 8}}
 
@@ -113,6 +113,23 @@ def test_undefined_relative_drop() -> None:
             entry["verdict"] = "not learned"
     cls = aggregate(runs)["strategies"]["lwf"]["tasks"]["cls"]
     assert cls["relative_drop"] is None and cls["pass_rate"] == 0
+
+
+def test_relative_drop_over_fewer_seeds_is_counted(tmp_path: Path) -> None:
+    """A seed whose relative drop is undefined is left out of the mean, and the table says so."""
+    runs = select(read_runs(exp_show()), BASE, {})
+    for run in runs:
+        if run["params"]["strategy"] == "naive" and run["params"]["seed"] == 2:
+            del run["metrics"]["metrics/eval.json"]["tasks"]["seg"]["vs_baseline"]["relative"]
+    comparison = aggregate(runs)
+    seg = comparison["strategies"]["naive"]["tasks"]["seg"]["relative_drop"]
+    assert seg["n"] == 2
+    assert seg["mean"] == pytest.approx(statistics.fmean([0.875, 0.85]), abs=1e-6)
+    text = render(comparison, "comparison", {})
+    assert "| 86.2 ± 1.8 (2 of 3 seeds) |" in text
+    assert text.count("of 3 seeds)") == 1
+    plot(comparison, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
 
 
 def test_paired_flag(comparison: dict) -> None:

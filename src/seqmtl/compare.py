@@ -213,12 +213,15 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
     return {"alpha": ALPHA, "strategies": strategies, "pairs": pairs}
 
 
-def cell(stats: dict[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
-    """'mean ± std' of `stats` times `scale` (the mean alone for one seed, '—' for none)."""
+def cell(stats: dict[str, Any] | None, scale: float = 1.0, digits: int = 3, seeds: int = 0) -> str:
+    """'mean ± std' of `stats` times `scale` (the mean alone for one seed, '—' for none), and
+    '(n of `seeds` seeds)' where fewer than `seeds` seeds had a value."""
     if stats is None:
         return "—"
     text = f"{stats['mean'] * scale:.{digits}f}"
-    return text if stats["std"] is None else f"{text} ± {stats['std'] * scale:.{digits}f}"
+    if stats["std"] is not None:
+        text += f" ± {stats['std'] * scale:.{digits}f}"
+    return text + (f" ({stats['n']} of {seeds} seeds)" if stats["n"] < seeds else "")
 
 
 def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
@@ -233,7 +236,9 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
         "Per strategy and task, as mean ± sample std over seeds: the task's metric right after "
         "its own stage (its baseline), at the end of the sequence (final), and the drop between "
         "them; the share of seeds whose relative drop is within the threshold (against the "
-        "baseline / against the single-task reference); the training time of stages 2 and 3.",
+        "baseline / against the single-task reference); the training time of stages 2 and 3. "
+        "A relative drop is undefined for a seed whose task was not learned (its baseline near "
+        "chance); its mean is then over the other seeds, and the cell says how many.",
         "",
         "| Strategy | Seeds | Task | After own stage | Final | Drop | Relative drop % | Pass rate "
         "| Pass rate vs ref. | Stages 2+3 s |",
@@ -244,8 +249,8 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
         for task, row in stats["tasks"].items():
             lines.append(
                 f"| {strategy} | {seeds} | {task} ({row['metric']}) | {cell(row['baseline'])} "
-                f"| {cell(row['final'])} "
-                f"| {cell(row['drop'])} | {cell(row['relative_drop'], 100, 1)} "
+                f"| {cell(row['final'])} | {cell(row['drop'])} "
+                f"| {cell(row['relative_drop'], 100, 1, len(stats['seeds']))} "
                 f"| {row['pass_rate']:.0%} | {row['pass_rate_vs_reference']:.0%} "
                 f"| {cell(stats['training_seconds'], digits=0)} |"
             )
@@ -270,7 +275,8 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
 
 
 def plot(comparison: dict[str, Any], path: Path) -> None:
-    """Final metric and relative drop per strategy and task, mean with ± std error bars."""
+    """Final metric and relative drop per strategy and task, mean with ± std error bars; a
+    relative-drop bar over fewer seeds than the strategy ran is labelled with its count."""
     strategies = list(comparison["strategies"])
     fig = Figure(figsize=(max(8, 1.3 * len(strategies) + 3), 4))
     axes = fig.subplots(1, 2)
@@ -285,6 +291,11 @@ def plot(comparison: dict[str, Any], path: Path) -> None:
                 yerr=[(s["std"] or 0) * scale for s in stats], capsize=2,
                 label=f"{task} ({rows[0]['metric']})",
             )  # fmt: skip
+        for i, (strategy, row) in enumerate(zip(strategies, rows, strict=True)):
+            drop, seeds = row["relative_drop"], len(comparison["strategies"][strategy]["seeds"])
+            if drop is not None and drop["n"] < seeds:
+                axes[1].annotate(f"n={drop['n']}/{seeds}", (x[i], drop["mean"] * 100),
+                                 ha="center", va="bottom", fontsize=7)  # fmt: skip
     axes[0].set(ylabel="final metric (mean ± std over seeds)", ylim=(0, 1))
     axes[1].set(ylabel="drop from own baseline, % (mean ± std)")
     axes[1].axhline(5, color="black", linestyle="--", linewidth=1, label="5 % threshold")
