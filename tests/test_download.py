@@ -121,7 +121,7 @@ def _tar(path: Path, bad: str) -> None:
         good = tarfile.TarInfo("ok/a.txt")
         good.size = 2
         tf.addfile(good, io.BytesIO(b"hi"))
-        member = tarfile.TarInfo({"dotdot": "../x", "absolute": "/tmp/x"}.get(bad, "ok/link"))
+        member = tarfile.TarInfo({"dotdot": "../x", "absolute": "/escaped/x"}.get(bad, "ok/link"))
         if bad == "symlink":
             member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
         elif bad == "hardlink":
@@ -134,7 +134,7 @@ def _tar(path: Path, bad: str) -> None:
 def _zip(path: Path, bad: str) -> None:
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("ok/a.txt", b"hi")
-        member = zipfile.ZipInfo({"dotdot": "../x", "absolute": "/tmp/x"}.get(bad, "ok/link"))
+        member = zipfile.ZipInfo({"dotdot": "../x", "absolute": "/escaped/x"}.get(bad, "ok/link"))
         if bad == "symlink":
             member.external_attr = 0o120777 << 16
         zf.writestr(member, b"/etc/passwd")

@@ -213,15 +213,21 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
     return {"alpha": ALPHA, "strategies": strategies, "pairs": pairs}
 
 
+def seed_count(stats: dict[str, Any], seeds: int) -> str:
+    """'n of `seeds` seeds' where `stats` is over fewer than `seeds` seeds, else ''."""
+    return f"{stats['n']} of {seeds} seeds" if stats["n"] < seeds else ""
+
+
 def cell(stats: dict[str, Any] | None, scale: float = 1.0, digits: int = 3, seeds: int = 0) -> str:
-    """'mean ± std' of `stats` times `scale` (the mean alone for one seed, '—' for none), and
-    '(n of `seeds` seeds)' where fewer than `seeds` seeds had a value."""
+    """'mean ± std' of `stats` times `scale` (the mean alone for one seed, '—' for none),
+    followed by its `seed_count` in parentheses where that is not empty."""
     if stats is None:
         return "—"
     text = f"{stats['mean'] * scale:.{digits}f}"
     if stats["std"] is not None:
         text += f" ± {stats['std'] * scale:.{digits}f}"
-    return text + (f" ({stats['n']} of {seeds} seeds)" if stats["n"] < seeds else "")
+    count = seed_count(stats, seeds)
+    return f"{text} ({count})" if count else text
 
 
 def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
@@ -276,7 +282,7 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
 
 def plot(comparison: dict[str, Any], path: Path) -> None:
     """Final metric and relative drop per strategy and task, mean with ± std error bars; a
-    relative-drop bar over fewer seeds than the strategy ran is labelled with its count."""
+    relative-drop bar over fewer seeds than the strategy ran is labelled with its `seed_count`."""
     strategies = list(comparison["strategies"])
     fig = Figure(figsize=(max(8, 1.3 * len(strategies) + 3), 4))
     axes = fig.subplots(1, 2)
@@ -293,9 +299,9 @@ def plot(comparison: dict[str, Any], path: Path) -> None:
             )  # fmt: skip
         for i, (strategy, row) in enumerate(zip(strategies, rows, strict=True)):
             drop, seeds = row["relative_drop"], len(comparison["strategies"][strategy]["seeds"])
-            if drop is not None and drop["n"] < seeds:
-                axes[1].annotate(f"n={drop['n']}/{seeds}", (x[i], drop["mean"] * 100),
-                                 ha="center", va="bottom", fontsize=7)  # fmt: skip
+            if drop is not None and (count := seed_count(drop, seeds)):
+                axes[1].annotate(count, (x[i], drop["mean"] * 100), ha="center", va="bottom",
+                                 fontsize=6)  # fmt: skip
     axes[0].set(ylabel="final metric (mean ± std over seeds)", ylim=(0, 1))
     axes[1].set(ylabel="drop from own baseline, % (mean ± std)")
     axes[1].axhline(5, color="black", linestyle="--", linewidth=1, label="5 % threshold")
