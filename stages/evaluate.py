@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from seqmtl.checkpoints import load_checkpoint
 from seqmtl.data import TASKS
 from seqmtl.evaluate import (
     count_parameters,
@@ -20,8 +21,8 @@ from seqmtl.evaluate import (
 from seqmtl.figures import write_figures
 from seqmtl.files import atomic_file, write_json
 from seqmtl.report import render_report
+from seqmtl.runtime import resolve_device
 from seqmtl.stage import load_params, run
-from seqmtl.train import load_checkpoint, resolve_device
 
 METRICS = Path("metrics")
 REPORT = METRICS / "report.md"

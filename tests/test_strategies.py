@@ -15,13 +15,14 @@ import yaml
 from torch import Tensor, nn
 
 from conftest import REPO, merge
+from seqmtl.checkpoints import load_checkpoint
 from seqmtl.data import TaskDataset, build_dataset, class_names, collate
 from seqmtl.model import UnifiedModel, shared_parameters
 from seqmtl.strategies import StageContext, build_strategy, strategy_names, total
 from seqmtl.strategies.ewc import empirical_fisher
 from seqmtl.strategies.pcgrad import project_conflicting
 from seqmtl.tasks import Targets, build_tasks
-from seqmtl.train import StagePaths, load_checkpoint, train_stage
+from seqmtl.train import StagePaths, train_stage
 
 SMALL = {
     "device": "cpu",

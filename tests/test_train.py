@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import REPO, TINY, merge
-from seqmtl.train import StagePaths, train_stage
+from seqmtl.checkpoints import model_factory
+from seqmtl.data import class_names
+from seqmtl.strategies import build_strategy
+from seqmtl.train import StagePaths, build_optimizer, train_stage
 
 
 def params(**change: object) -> dict:
@@ -39,13 +43,15 @@ def three_stages(tiny_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return root
 
 
-def test_every_task_seen_is_evaluated(three_stages: Path) -> None:
+def test_every_task_seen_is_evaluated(three_stages: Path, tiny_mini: Path) -> None:
     for stage, seen in ((1, {"seg"}), (2, {"seg", "det"}), (3, {"seg", "det", "cls"})):
         metrics = json.loads((three_stages / "metrics" / f"stage{stage}.json").read_text())
         assert set(metrics["final"]) == seen == set(metrics["chance"])
         assert metrics["task"] == ["seg", "det", "cls"][stage - 1]
     final = json.loads((three_stages / "metrics" / "stage3.json").read_text())["final"]
-    assert set(final["det"]) == {"map", "map50", "precision", "recall", "f1"}
+    summary = {"map", "map50", "precision", "recall", "f1", "map_small", "map_medium", "map_large"}
+    per_class = {f"ap50_{n.replace(' ', '_')}" for n in class_names(tiny_mini)["det"]}
+    assert set(final["det"]) == summary | per_class
     assert 0.0 <= final["seg"]["miou"] <= 1.0 and 0.0 <= final["cls"]["top1"] <= 1.0
 
 
@@ -81,6 +87,8 @@ def test_stage1_reads_no_strategy(tiny_mini: Path, tmp_path: Path) -> None:
         ({"stage1": {"lr": 0}}, r"stage1\.lr must be a positive number, got 0"),
         ({"stage1": {"image_size": 70}}, r"stage1\.image_size must be a multiple of 32"),
         ({"train": {"precision": "fp16"}}, r"train\.precision must be one of fp32, bf16"),
+        ({"train": {"backbone_lr": -1}}, r"train\.backbone_lr must be a number >= 0, got -1"),
+        ({"model": {"batchnorm": "sync"}}, r"model\.batchnorm must be one of frozen, train"),
     ],
 )
 def test_bad_stage_params_are_named(
@@ -103,3 +111,41 @@ def test_bf16_autocast_trains(tiny_mini: Path, tmp_path: Path) -> None:
     metrics = train_stage(1, params(train={"precision": "bf16"}), paths(tmp_path, tiny_mini, 1))
     assert 0.0 <= metrics["final"]["seg"]["miou"] <= 1.0
     assert metrics["loss"]["seg/ce"] > 0
+
+
+def bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b.clone() for n, b in model.named_buffers() if "running" in n}
+
+
+@pytest.mark.parametrize("policy", ["frozen", "train"])
+def test_batchnorm_policy(tiny_mini: Path, policy: str) -> None:
+    """`frozen` keeps the backbone's running statistics bit-identical through a training step
+    (and normalises with them), while its BatchNorm affine weights still learn; `train` moves
+    the statistics."""
+    config = params(model={"pretrained": False, "batchnorm": policy})
+    model = model_factory(config, tiny_mini, 0)().train()
+    before, weights = bn_buffers(model), model.trunk.backbone.net._bn0.weight.clone()
+    optimizer = build_optimizer(model, build_strategy("naive", config), 0.01, config["train"])
+    images = torch.rand(2, 3, 64, 64)
+    model(images)["cls"].logsumexp(1).sum().backward()
+    optimizer.step()
+    after = bn_buffers(model)
+    moved = [n for n in before if not torch.equal(before[n], after[n])]
+    if policy == "frozen":
+        assert not moved
+        assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    else:
+        assert len(moved) == len(before)
+    assert not torch.equal(weights, model.trunk.backbone.net._bn0.weight)
+
+
+def test_backbone_gets_its_own_learning_rate(tiny_mini: Path) -> None:
+    config = params(train={"backbone_lr": 0.25})
+    model = model_factory(config, tiny_mini, 0)()
+    optimizer = build_optimizer(model, build_strategy("naive", config), 0.004, config["train"])
+    backbone, rest, strategy = optimizer.param_groups
+    assert backbone["lr"] == pytest.approx(0.001) and rest["lr"] == strategy["lr"] == 0.004
+    ids = {id(p) for p in model.trunk.backbone.parameters()}
+    assert {id(p) for p in backbone["params"]} == ids
+    assert len(backbone["params"]) + len(rest["params"]) == len(list(model.parameters()))
+    assert not ids & {id(p) for p in rest["params"]}

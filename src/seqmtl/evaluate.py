@@ -32,8 +32,8 @@ from torch import nn
 
 from seqmtl.bench import inference_ms
 from seqmtl.data import TASKS
+from seqmtl.runtime import peak_memory_mb
 from seqmtl.tasks import Classification, Detection, Segmentation
-from seqmtl.train import peak_memory_mb
 
 PRIMARY = {task.name: task.primary for task in (Segmentation, Detection, Classification)}
 METRIC_NAME = {"miou": "mIoU", "map50": "mAP@.5", "top1": "top-1"}

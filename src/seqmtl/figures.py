@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from seqmtl.data import TASKS
 from seqmtl.evaluate import METRIC_NAME
 from seqmtl.files import atomic_dir, save_png
-from seqmtl.train import read_weights
+from seqmtl.logs import read_weights
 
 TASK_COLOR = {"seg": "C0", "det": "C1", "cls": "C2"}
 Spans = dict[int, tuple[int, int]]

@@ -40,12 +40,13 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from torch import Tensor, nn
 
+from seqmtl.checkpoints import load_checkpoint
 from seqmtl.data import TASKS, TaskDataset, build_dataset, collate
 from seqmtl.files import atomic_dir, save_png, write_json
+from seqmtl.logs import read_weights
 from seqmtl.model import shared_modules, shared_parameters
 from seqmtl.strategies import total
 from seqmtl.tasks import Task, build_tasks
-from seqmtl.train import load_checkpoint, read_weights
 
 GROUPS = ("early_backbone", "late_backbone", "neck", "head")
 

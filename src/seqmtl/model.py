@@ -24,9 +24,9 @@ DET_PRIOR = 0.01
 class Trunk(nn.Module):
     """Backbone + FPN; returns the sum of the FPN levels, upsampled to stride 8."""
 
-    def __init__(self, backbone: str, pretrained: bool, channels: int) -> None:
+    def __init__(self, backbone: str, pretrained: bool, channels: int, batchnorm: str) -> None:
         super().__init__()
-        self.backbone = build_backbone(backbone, pretrained)
+        self.backbone = build_backbone(backbone, pretrained, batchnorm)
         self.neck = FeaturePyramidNetwork(list(self.backbone.out_channels), channels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -72,11 +72,12 @@ class UnifiedModel(nn.Module):
         pretrained: bool = True,
         channels: int = 64,
         head_layers: int = 3,
+        batchnorm: str = "frozen",
     ) -> None:
         super().__init__()
         self.num_classes = dict(num_classes)
         self.splits = [num_classes["seg"], 5 + num_classes["det"], num_classes["cls"]]
-        self.trunk = Trunk(backbone, pretrained, channels)
+        self.trunk = Trunk(backbone, pretrained, channels, batchnorm)
         self.head = Head(channels, sum(self.splits), head_layers)
         # Detection centerness and class logits start at the prior probability 0.01 (as in
         # RetinaNet and FCOS), so the focal loss does not begin by shouting at every location.
@@ -109,6 +110,11 @@ def shared_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield "neck", module
         elif isinstance(module, Head):
             yield "head", module.hidden
+
+
+def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every `Backbone` in `model` (the pretrained part), in model order."""
+    return [p for m in model.modules() if isinstance(m, Backbone) for p in m.parameters()]
 
 
 def shared_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -187,3 +187,10 @@ def build_tasks(num_classes: dict[str, int], score_threshold: float) -> dict[str
         "det": Detection(num_classes["det"], score_threshold),
         "cls": Classification(num_classes["cls"]),
     }
+
+
+def evaluate_all(
+    model: nn.Module, tasks: dict[str, Task], loaders: dict[str, DataLoader], device: torch.device
+) -> dict[str, dict[str, float]]:
+    """Every loader's task evaluated on its split."""
+    return {t: tasks[t].evaluate(model, loader, device) for t, loader in loaders.items()}

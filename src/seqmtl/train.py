@@ -3,30 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import math
-import os
-import random
-import resource
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from seqmtl.data import TASKS, TaskDataset, build_dataset, class_names, collate
+from seqmtl.checkpoints import model_factory
+from seqmtl.data import TASKS, TaskDataset, build_dataset, collate
 from seqmtl.files import atomic_dir, atomic_file, write_json
-from seqmtl.model import UnifiedModel
-from seqmtl.strategies import StageContext, build_strategy, total
-from seqmtl.tasks import Task, build_tasks
+from seqmtl.logs import write_csv
+from seqmtl.model import backbone_parameters
+from seqmtl.runtime import peak_memory_mb, resolve_device, seed_everything
+from seqmtl.strategies import StageContext, Strategy, build_strategy, total
+from seqmtl.tasks import build_tasks, evaluate_all
 
 log = logging.getLogger(__name__)
 
@@ -42,33 +39,6 @@ class StagePaths:
     metrics: Path
     timing: Path
     plots: Path
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, and ask torch for deterministic algorithms."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; anything else as given. On cuda, cuBLAS is asked
-    for its deterministic workspace (before its first use); bit-exact runs are still not
-    promised there, since some CUDA backward kernels (interpolation among them) are not."""
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-    )
-    if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    return device
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated on cuda, else the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def check_stage_params(cfg: dict[str, Any], name: str) -> None:
@@ -109,29 +79,58 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def model_factory(params: dict[str, Any], mini: Path, seed: int) -> Any:
-    """A function building the configured model afresh (same initialisation for the same seed),
-    with class counts read from the mini datasets."""
-    cfg = params["model"]
-    counts = {task: len(names) for task, names in class_names(mini).items()}
+def build_optimizer(
+    model: nn.Module, strategy: Strategy, lr: float, train_cfg: dict[str, Any]
+) -> torch.optim.AdamW:
+    """AdamW with three param groups: the backbone at lr x `train.backbone_lr` (a pretrained
+    network is fine-tuned, not retrained), the rest of the model at lr, and the strategy's own
+    parameters at lr without weight decay."""
+    multiplier = train_cfg.get("backbone_lr")
+    if isinstance(multiplier, bool) or not isinstance(multiplier, int | float) or multiplier < 0:
+        raise ValueError(f"train.backbone_lr must be a number >= 0, got {multiplier!r}")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    backbone = {id(p) for p in backbone_parameters(model)}
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in trainable if id(p) in backbone], "lr": lr * multiplier},
+            {"params": [p for p in trainable if id(p) not in backbone]},
+            {"params": strategy.parameters(), "weight_decay": 0.0},
+        ],
+        lr=lr,
+        weight_decay=float(train_cfg["weight_decay"]),
+    )
 
-    def make() -> UnifiedModel:
-        torch.manual_seed(seed)
-        return UnifiedModel(
-            counts, cfg["backbone"], cfg["pretrained"], cfg["channels"], cfg["head_layers"]
-        )
 
-    return make
-
-
-def load_checkpoint(
-    path: Path, params: dict[str, Any], mini: Path, seed: int
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A saved model rebuilt by the strategy that trained it, and the checkpoint itself."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    strategy = build_strategy(checkpoint["strategy"], params)
-    model = strategy.load_model(model_factory(params, mini, seed), checkpoint, checkpoint["tasks"])
-    return model, checkpoint
+def train_one_epoch(
+    ctx: StageContext,
+    strategy: Strategy,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    mixed: bool,
+) -> tuple[dict[str, float], float, int]:
+    """One pass over `loader`: the mean of every loss component over the steps, the seconds spent
+    waiting for data, and the number of images seen."""
+    ctx.model.train()
+    sums: dict[str, float] = defaultdict(float)
+    data_time, images_seen = 0.0, 0
+    fetched = time.perf_counter()
+    for images, targets in loader:
+        data_time += time.perf_counter() - fetched
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(ctx.device.type, torch.bfloat16, enabled=mixed):
+            losses = strategy.losses(ctx, images, targets)
+        strategy.backward(ctx, losses)
+        optimizer.step()
+        scheduler.step()
+        ctx.step += 1
+        images_seen += len(images)
+        for term, parts in losses.items():
+            for part, value in parts.items():
+                sums[f"{term}/{part}"] += value.item() / len(loader)
+            sums[f"{term}/total"] += total(parts).item() / len(loader)
+        fetched = time.perf_counter()
+    return dict(sums), data_time, images_seen
 
 
 def train_stage(
@@ -194,14 +193,7 @@ def train_stage(
     ctx = StageContext(model, tasks, task, seen[:-1], device, seed + stage, batch_size, train_data)
     strategy.before_stage(ctx)
 
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in model.parameters() if p.requires_grad]},
-            {"params": strategy.parameters(), "weight_decay": 0.0},
-        ],
-        lr=float(cfg["lr"]),
-        weight_decay=float(train_cfg["weight_decay"]),
-    )
+    optimizer = build_optimizer(model, strategy, float(cfg["lr"]), train_cfg)
     epochs = int(cfg["epochs"])
     scheduler = warmup_cosine(optimizer, epochs * len(loader), float(train_cfg["warmup"]))
     first_epoch = (
@@ -215,25 +207,13 @@ def train_stage(
     keep = atomic_dir(paths.snapshots) if paths.snapshots else contextlib.nullcontext(None)
     with keep as snapshots:
         for epoch in (bar := tqdm(range(1, epochs + 1), desc=f"{name} {task}", unit="epoch")):
-            model.train()
-            sums: dict[str, float] = defaultdict(float)
-            start = fetched = time.perf_counter()
-            for images, targets in loader:
-                data_time += time.perf_counter() - fetched
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, torch.bfloat16, enabled=mixed):
-                    losses = strategy.losses(ctx, images, targets)
-                strategy.backward(ctx, losses)
-                optimizer.step()
-                scheduler.step()
-                ctx.step += 1
-                images_seen += len(images)
-                for term, parts in losses.items():
-                    for part, value in parts.items():
-                        sums[f"{term}/{part}"] += value.item() / len(loader)
-                    sums[f"{term}/total"] += total(parts).item() / len(loader)
-                fetched = time.perf_counter()
+            start = time.perf_counter()
+            sums, waited, seen_now = train_one_epoch(
+                ctx, strategy, loader, optimizer, scheduler, mixed
+            )
             train_time += time.perf_counter() - start
+            data_time += waited
+            images_seen += seen_now
             global_epoch = first_epoch + epoch
             row = {"epoch": global_epoch, "stage": stage}
             train_rows.append(row | {k: round(v, 6) for k, v in sorted(sums.items())})
@@ -261,7 +241,7 @@ def train_stage(
     metrics = {
         "task": task,
         "strategy": strategy_name,
-        "final": {t: {k: round(v, 6) for k, v in scores[t].items()} for t in seen},
+        "final": {t: rounded(scores[t]) for t in seen},
         "chance": {t: round(tasks[t].chance(val_loaders[t].dataset), 6) for t in seen},
         "loss": {k: v for k, v in train_rows[-1].items() if "/" in k},
     }
@@ -284,29 +264,6 @@ def train_stage(
     return metrics
 
 
-def evaluate_all(
-    model: nn.Module, tasks: dict[str, Task], loaders: dict[str, DataLoader], device: torch.device
-) -> dict[str, dict[str, float]]:
-    """Every loader's task evaluated on its split."""
-    return {t: tasks[t].evaluate(model, loader, device) for t, loader in loaders.items()}
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Rows as a CSV (columns: the union of their keys in first-seen order), atomically.
-
-    Written here rather than with DVCLive, whose metric logs stamp every row with the wall-clock
-    time: the per-epoch curves are declared outputs and must come out byte-identical."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_file(path) as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_weights(path: Path) -> pd.DataFrame | None:
-    """A strategy.csv (`write_csv` of a strategy's per-step log) holding loss weights w_<term>,
-    else None (no such file, or no weights in it)."""
-    if not path.is_file():
-        return None
-    frame = pd.read_csv(path)
-    return frame if any(c.startswith("w_") for c in frame.columns) else None
+def rounded(scores: dict[str, float | None]) -> dict[str, float | None]:
+    """Metric values rounded to 6 digits (None, an undefined metric, kept)."""
+    return {k: None if v is None else round(v, 6) for k, v in scores.items()}

@@ -1,0 +1,43 @@
+"""Building the configured model and loading saved checkpoints into it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from seqmtl.data import class_names
+from seqmtl.model import UnifiedModel
+from seqmtl.strategies import build_strategy
+
+
+def model_factory(params: dict[str, Any], mini: Path, seed: int) -> Any:
+    """A function building the configured model afresh (same initialisation for the same seed),
+    with class counts read from the mini datasets."""
+    cfg = params["model"]
+    counts = {task: len(names) for task, names in class_names(mini).items()}
+
+    def make() -> UnifiedModel:
+        torch.manual_seed(seed)
+        return UnifiedModel(
+            counts,
+            cfg["backbone"],
+            cfg["pretrained"],
+            cfg["channels"],
+            cfg["head_layers"],
+            cfg["batchnorm"],
+        )
+
+    return make
+
+
+def load_checkpoint(
+    path: Path, params: dict[str, Any], mini: Path, seed: int
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A saved model rebuilt by the strategy that trained it, and the checkpoint itself."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    strategy = build_strategy(checkpoint["strategy"], params)
+    model = strategy.load_model(model_factory(params, mini, seed), checkpoint, checkpoint["tasks"])
+    return model, checkpoint
