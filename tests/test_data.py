@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from seqmtl.data import VOC_CLASSES, DataError, build_dataset, class_names
+from seqmtl.data import (
+    CROP_RATIO,
+    CROP_SCALE,
+    VOC_CLASSES,
+    DataError,
+    build_dataset,
+    cache_side,
+    class_names,
+)
 
 
 @pytest.fixture
@@ -54,9 +63,23 @@ def test_det_boxes_follow_a_flip(tiny_mini: Path, monkeypatch: pytest.MonkeyPatc
     dataset.transform.p = 1.0
     image, target = dataset[0]
     expected = dataset.boxes[0].clone()
-    expected[:, [0, 2]] = 64 - dataset.boxes[0][:, [2, 0]]
+    expected[:, [0, 2]] = dataset.cached - dataset.boxes[0][:, [2, 0]]
     torch.testing.assert_close(target["boxes"], expected)
     torch.testing.assert_close(image, torch.flip(dataset.images[0], [-1]).float() / 255)
+
+
+def test_training_crops_come_from_a_cache_that_is_never_upsampled(tiny_mini: Path) -> None:
+    train = build_dataset(tiny_mini, "det", "train", 64, train=True)
+    plain = build_dataset(tiny_mini, "det", "train", 64, train=False)
+    assert plain.cached == 64 and train.images.shape[-1] == train.cached == cache_side(64, True)
+    # the narrowest crop the transform can draw still spans 64 cached pixels
+    narrowest = train.cached * math.sqrt(CROP_SCALE[0] * CROP_RATIO[0])
+    assert 64 <= narrowest < 65
+    # the same boxes, relative to their canvas
+    for cached, resized in zip(train.boxes, plain.boxes, strict=True):
+        torch.testing.assert_close(cached / train.cached, resized / 64)
+    image, target = train[0]
+    assert image.shape == (3, 64, 64) and (target["boxes"] <= 64).all()
 
 
 def test_det_val_boxes_scale_to_the_resized_image(tiny_mini: Path) -> None:

@@ -1,14 +1,16 @@
 """Readers of the official layouts and the three task datasets, decoded once and kept in memory.
 
 Every sample's image is a float tensor in [0, 1] of shape (3, S, S); normalisation belongs to the
-backbone. Training samples pass through torchvision.transforms.v2 so masks and boxes follow the
-image; validation samples are only resized, and keep what is needed to score them at the original
-resolution (the mask, or the original size for boxes).
+backbone. Training images are cached at `cache_side(S)`, large enough that the smallest random
+crop is never upsampled, and pass through torchvision.transforms.v2 (scale crop, resize to S,
+flip) so masks and boxes follow the image; validation samples are only resized to S, and keep
+what is needed to score them at the original resolution (the mask, or the original size for boxes).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,29 +122,44 @@ def class_names(mini: Path) -> dict[str, list[str]]:
     }
 
 
+CROP_SCALE = (0.5, 1.0)  # area fraction of the random crop
+CROP_RATIO = (3 / 4, 4 / 3)  # its aspect ratio
+
+
+def cache_side(size: int, train: bool) -> int:
+    """Side of the cached images: S for validation; for training, the side at which the
+    narrowest random crop (area fraction CROP_SCALE[0], aspect CROP_RATIO[0]) still spans S."""
+    if not train:
+        return size
+    return math.ceil(size / math.sqrt(CROP_SCALE[0] * CROP_RATIO[0]))
+
+
 def _resized(image: Image.Image, size: int) -> Tensor:
     """(3, size, size) uint8 tensor of a bilinear (antialiased) resize."""
     return F.pil_to_tensor(image.resize((size, size), Image.BILINEAR))
 
 
 class TaskDataset(Dataset):
-    """Base: `images` is a uint8 (N, 3, S, S) cache filled once; subclasses add targets."""
+    """Base: `images` is a uint8 (N, 3, C, C) cache filled once, C = `cache_side(size, train)`;
+    samples are S x S, S = `size`; subclasses add targets."""
 
     task: str
 
     def __init__(self, size: int, train: bool) -> None:
         self.size = size
         self.train = train
-        self.images: Tensor = torch.empty(0, 3, size, size, dtype=torch.uint8)
+        self.cached = cache_side(size, train)
+        self.images: Tensor = torch.empty(0, 3, self.cached, self.cached, dtype=torch.uint8)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def augment(self) -> Callable:
-        """Random flip and scale crop shared by all tasks (masks and boxes follow)."""
+        """Random scale crop of the cached image resized to S, and flip, shared by all tasks
+        (masks and boxes follow)."""
         return v2.Compose(
             [
-                v2.RandomResizedCrop(self.size, scale=(0.5, 1.0), antialias=True),
+                v2.RandomResizedCrop(self.size, CROP_SCALE, CROP_RATIO, antialias=True),
                 v2.RandomHorizontalFlip(),
             ]
         )
@@ -167,11 +184,12 @@ class SegDataset(TaskDataset):
                 raise DataError(
                     f"{mask_path}: mask size {mask.size} differs from image {image.size}"
                 )
-            images.append(_resized(image, size))
-            masks.append(torch.from_numpy(np.array(mask.resize((size, size), Image.NEAREST))))
+            images.append(_resized(image, self.cached))
+            side = (self.cached, self.cached)
+            masks.append(torch.from_numpy(np.array(mask.resize(side, Image.NEAREST))))
             self.original_masks.append(torch.from_numpy(np.array(mask, dtype=np.uint8)))
         self.images = torch.stack(images) if images else self.images
-        self.masks = torch.stack(masks) if masks else torch.empty(0, size, size, dtype=torch.uint8)
+        self.masks = torch.stack(masks) if masks else torch.empty(0, *side, dtype=torch.uint8)
         self.transform = self.augment() if train else None
 
     def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -205,10 +223,10 @@ class DetDataset(TaskDataset):
         for info in coco["images"]:
             image = read_image(root / split / info["file_name"])
             w, h = image.size
-            images.append(_resized(image, size))
+            images.append(_resized(image, self.cached))
             xywh = torch.tensor([a["bbox"] for a in per_image[info["id"]]], dtype=torch.float32)
             xyxy = box_convert(xywh.reshape(-1, 4), "xywh", "xyxy")
-            self.boxes.append(xyxy * torch.tensor([size / w, size / h, size / w, size / h]))
+            self.boxes.append(xyxy * torch.tensor([w, h, w, h]).reciprocal() * self.cached)
             self.labels.append(
                 torch.tensor(
                     [label_of[a["category_id"]] for a in per_image[info["id"]]], dtype=torch.long
@@ -221,7 +239,8 @@ class DetDataset(TaskDataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Any]]:
         image = tv_tensors.Image(self.images[i])
-        boxes = tv_tensors.BoundingBoxes(self.boxes[i], format="XYXY", canvas_size=(self.size,) * 2)
+        canvas = (self.cached, self.cached)
+        boxes = tv_tensors.BoundingBoxes(self.boxes[i], format="XYXY", canvas_size=canvas)
         target = {"boxes": boxes, "labels": self.labels[i]}
         if self.transform is not None:
             image, target = self.transform(image, target)
@@ -243,7 +262,7 @@ class ClsDataset(TaskDataset):
         label_of = {name: k for k, name in enumerate(cls_classes(root))}
         for folder in class_folders(root / split):
             for path in sorted(folder.glob("*.JPEG")):
-                images.append(_resized(read_image(path), size))
+                images.append(_resized(read_image(path), self.cached))
                 labels.append(label_of[folder.name])
         self.images = torch.stack(images) if images else self.images
         self.labels = torch.tensor(labels, dtype=torch.long)
