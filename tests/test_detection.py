@@ -26,7 +26,7 @@ def test_assign_centre_sampling_and_smallest_box() -> None:
     points = locations(8, 8, STRIDE, torch.device("cpu"))
     big = torch.tensor([[0.0, 0.0, 64.0, 64.0]])
     small = torch.tensor([[20.0, 20.0, 36.0, 36.0]])
-    index, positive = assign(points, torch.cat([big, small]), STRIDE, radius=1.5)
+    index, positive, _ = assign(points, torch.cat([big, small]), STRIDE, radius=1.5)
     # locations within 1.5 strides of the big box's centre (32, 32): x, y in {20, 28, 36, 44}
     centre_points = ((points - 32).abs() <= 12).all(1)
     assert torch.equal(positive, centre_points)
@@ -35,23 +35,44 @@ def test_assign_centre_sampling_and_smallest_box() -> None:
     assert (index[in_small] == 1).all() and (index[centre_points & ~in_small] == 0).all()
 
 
-def test_tiny_box_takes_its_nearest_location() -> None:
+def test_tiny_box_takes_its_nearest_location_as_a_fallback() -> None:
     points = locations(4, 4, STRIDE, torch.device("cpu"))
-    index, positive = assign(points, torch.tensor([[13.0, 13.0, 15.0, 15.0]]), STRIDE, 1.5)
+    index, positive, fallback = assign(
+        points, torch.tensor([[13.0, 13.0, 15.0, 15.0]]), STRIDE, 1.5
+    )
     assert positive.sum() == 1 and points[positive].tolist() == [[12.0, 12.0]]
-    assert index[positive].tolist() == [0]
+    assert index[positive].tolist() == [0] and torch.equal(fallback, positive)
+
+
+def test_boxes_sharing_a_nearest_location_each_get_one() -> None:
+    points = locations(4, 4, STRIDE, torch.device("cpu"))
+    # two tiny boxes whose nearest location is (12, 12); the smaller one keeps it
+    boxes = torch.tensor([[13.0, 13.0, 15.0, 15.0], [13.0, 13.0, 14.0, 14.0]])
+    index, positive, fallback = assign(points, boxes, STRIDE, 1.5)
+    assert sorted(index[positive].tolist()) == [0, 1] and torch.equal(fallback, positive)
+    assert index[(points == 12.0).all(1)].tolist() == [1]
+
+
+def test_fallbacks_are_left_out_of_the_centerness_loss() -> None:
+    points = locations(4, 4, STRIDE, torch.device("cpu"))
+    tiny = {"boxes": torch.tensor([[13.0, 13.0, 15.0, 15.0]]), "labels": torch.tensor([0])}
+    raw = torch.zeros(1, 16, 6, requires_grad=True)
+    losses = detection_loss(raw, [tiny], points, STRIDE, 1)
+    assert losses["det_ctr"] == 0 and losses["det_box"] > 0
+    sum(losses.values()).backward()
+    assert raw.grad[0, :, 4].abs().sum() == 0  # no centerness gradient anywhere
 
 
 def test_no_boxes_means_all_background() -> None:
     points = locations(4, 4, STRIDE, torch.device("cpu"))
-    index, positive = assign(points, torch.zeros(0, 4), STRIDE, 1.5)
-    assert not positive.any() and (index == -1).all()
+    index, positive, fallback = assign(points, torch.zeros(0, 4), STRIDE, 1.5)
+    assert not positive.any() and not fallback.any() and (index == -1).all()
 
 
 def perfect_outputs(points: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
                     num_classes: int) -> torch.Tensor:  # fmt: skip
     """Raw (1, N, 5 + C) outputs: exact boxes and confident classes at the positives."""
-    index, positive = assign(points, boxes, STRIDE, 1.5)
+    index, positive, _ = assign(points, boxes, STRIDE, 1.5)
     raw = torch.full((len(points), 5 + num_classes), -20.0)
     raw[:, 4] = 0.0
     raw[positive, :4] = encode(points[positive], boxes[index[positive]])
@@ -67,7 +88,7 @@ def test_losses_vanish_for_a_perfect_prediction() -> None:
     losses = detection_loss(raw, [{"boxes": boxes, "labels": labels}], points, STRIDE, 3)
     assert losses["det_cls"] < 1e-6 and losses["det_box"] < 1e-5
     # centerness BCE is at its minimum when the logit matches the target
-    index, positive = assign(points, boxes, STRIDE, 1.5)
+    index, positive, _ = assign(points, boxes, STRIDE, 1.5)
     target = centerness(points[positive], boxes[index[positive]])
     raw[0, positive, 4] = torch.logit(target)
     best = detection_loss(raw, [{"boxes": boxes, "labels": labels}], points, STRIDE, 3)

@@ -2,10 +2,13 @@
 
 Per location the head emits 4 box distances (left, top, right, bottom, as softplus(x) * stride),
 1 centerness logit and C class logits. A location is positive for a box when it lies inside the box
-and within `radius` strides of its centre (a box too small to hold any location takes the one
-nearest its centre); among several boxes it takes the smallest. Losses: sigmoid focal loss on the
-classes (normalised by the positives), GIoU loss on the boxes weighted by the centerness target,
-and BCE on the centerness. Scores at decoding are sqrt(sigmoid(class) * sigmoid(centerness)).
+and within `radius` strides of its centre; among several boxes it takes the smallest; a box left
+without a location takes the free one nearest its centre (a fallback: see `assign`). Losses:
+sigmoid focal loss on the classes (normalised by the positives), GIoU loss on the boxes weighted
+by the centerness target (1 at a fallback), and BCE on the centerness of the positives inside
+their boxes (a fallback lies outside, where the centerness formula says 0: training it there would
+teach the branch to suppress exactly the small objects). Scores at decoding are
+sqrt(sigmoid(class) * sigmoid(centerness)).
 """
 
 from __future__ import annotations
@@ -30,25 +33,39 @@ def decode_boxes(distances: Tensor, points: Tensor, stride: int) -> Tensor:
     return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)
 
 
-def assign(points: Tensor, boxes: Tensor, stride: int, radius: float) -> tuple[Tensor, Tensor]:
-    """Index of the box each point regresses (-1 = background), and the positive mask."""
+def assign(
+    points: Tensor, boxes: Tensor, stride: int, radius: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Index of the box each point regresses (-1 = background), the positive mask, and the mask
+    of fallback positives (points outside the box they regress).
+
+    A point is a candidate for a box when it lies inside it and within `radius` strides of its
+    centre; among several candidates' boxes it takes the smallest. Every box gets at least one
+    positive: a box left without one (too small to hold a point, or outbid by smaller boxes) takes
+    the free point nearest its centre, smallest boxes first, as a fallback."""
     n = len(points)
+    index = torch.full((n,), -1, dtype=torch.long, device=points.device)
     if len(boxes) == 0:
-        return torch.full((n,), -1, dtype=torch.long, device=points.device), torch.zeros(
-            n, dtype=torch.bool, device=points.device
-        )
+        none = torch.zeros(n, dtype=torch.bool, device=points.device)
+        return index, none, none
     x, y = points[:, :1], points[:, 1:]
     inside = (x > boxes[:, 0]) & (x < boxes[:, 2]) & (y > boxes[:, 1]) & (y < boxes[:, 3])
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    near = ((points[:, None] - centre[None]).abs() <= radius * stride).all(-1)
-    candidate = inside & near
-    closest = ((points[:, None] - centre[None]) ** 2).sum(-1).argmin(0)
-    candidate[closest, torch.arange(len(boxes), device=points.device)] = True
-    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).expand(n, -1)
-    area = torch.where(candidate, area, torch.full_like(area, float("inf")))
-    best_area, index = area.min(1)
+    distance = ((points[:, None] - centre[None]) ** 2).sum(-1)
+    candidate = inside & ((points[:, None] - centre[None]).abs() <= radius * stride).all(-1)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    masked = torch.where(candidate, area.expand(n, -1), torch.full_like(distance, float("inf")))
+    best_area, best = masked.min(1)
     positive = torch.isfinite(best_area)
-    return torch.where(positive, index, torch.full_like(index, -1)), positive
+    index[positive] = best[positive]
+    covered = torch.zeros(len(boxes), dtype=torch.bool, device=points.device)
+    covered[index[positive]] = True
+    for b in sorted(torch.nonzero(~covered).flatten().tolist(), key=lambda b: area[b].item()):
+        free = torch.where(positive, torch.full_like(distance[:, b], float("inf")), distance[:, b])
+        point = int(free.argmin())
+        index[point], positive[point] = b, True
+    fallback = positive & ~inside[torch.arange(n, device=points.device), index.clamp(min=0)]
+    return index, positive, fallback
 
 
 def centerness(points: Tensor, boxes: Tensor) -> Tensor:
@@ -69,9 +86,11 @@ def detection_loss(
     radius: float = 1.5,
 ) -> dict[str, Tensor]:
     """Focal class loss, GIoU box loss and centerness BCE for raw (B, N, 5 + C) outputs."""
-    cls_targets, box_targets, pred_boxes, ctr_logits, ctr_targets = [], [], [], [], []
+    cls_targets, box_targets, pred_boxes, ctr_logits, ctr_targets, fallbacks = (
+        [] for _ in range(6)
+    )
     for out, target in zip(raw, targets, strict=True):
-        index, positive = assign(points, target["boxes"], stride, radius)
+        index, positive, fallback = assign(points, target["boxes"], stride, radius)
         one_hot = torch.zeros(len(points), num_classes, device=raw.device)
         one_hot[positive, target["labels"][index[positive]]] = 1.0
         cls_targets.append(one_hot)
@@ -80,15 +99,22 @@ def detection_loss(
         pred_boxes.append(decode_boxes(out[positive, :4], points[positive], stride))
         ctr_logits.append(out[positive, 4])
         ctr_targets.append(centerness(points[positive], boxes))
+        fallbacks.append(fallback[positive])
     num_pos = max(sum(len(b) for b in box_targets), 1)
     cls_loss = sigmoid_focal_loss(raw[..., 5:], torch.stack(cls_targets), reduction="sum") / num_pos
-    ctr_target = torch.cat(ctr_targets)
+    ctr_target, fallback = torch.cat(ctr_targets), torch.cat(fallbacks)
+    zero = raw.sum() * 0.0
     if len(ctr_target) == 0:
-        zero = raw.sum() * 0.0
         return {"det_cls": cls_loss, "det_box": zero, "det_ctr": zero}
+    weight = torch.where(fallback, torch.ones_like(ctr_target), ctr_target)
     giou = generalized_box_iou_loss(torch.cat(pred_boxes), torch.cat(box_targets), reduction="none")
-    box_loss = (giou * ctr_target).sum() / ctr_target.sum().clamp(min=1e-6)
-    ctr_loss = F.binary_cross_entropy_with_logits(torch.cat(ctr_logits), ctr_target)
+    box_loss = (giou * weight).sum() / weight.sum().clamp(min=1e-6)
+    regular = ~fallback
+    ctr_loss = (
+        F.binary_cross_entropy_with_logits(torch.cat(ctr_logits)[regular], ctr_target[regular])
+        if regular.any()
+        else zero
+    )
     return {"det_cls": cls_loss, "det_box": box_loss, "det_ctr": ctr_loss}
 
 
