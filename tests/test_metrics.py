@@ -99,9 +99,25 @@ def preds(shift: float = 0.0, skip: tuple[int, ...] = (), score: float = 1.0) ->
     ]
 
 
+SUMMARY = ("map", "map50", "precision", "recall", "f1")
+
+
 def test_detection_perfect(gt: COCO) -> None:
     out = coco_detection_metrics(gt, preds(), score_threshold=0.5)
-    assert out == {"map": 1.0, "map50": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    assert {k: out[k] for k in SUMMARY} == dict.fromkeys(SUMMARY, 1.0)
+    # GT areas: five medium (32² to 96²), one large (12000), none small; no GT of category 3
+    assert out["map_small"] is None and out["ap50_c3"] is None
+    assert out["map_medium"] == pytest.approx(1.0) and out["map_large"] == pytest.approx(1.0)
+    assert out["ap50_c1"] == pytest.approx(1.0) and out["ap50_c2"] == pytest.approx(1.0)
+
+
+def test_detection_per_class_and_size(gt: COCO) -> None:
+    # category 2 (a medium 60 x 60 box and the only large one, 120 x 100) gets no detections
+    dets = [d for d in preds() if d["category_id"] == 1]
+    out = coco_detection_metrics(gt, dets, score_threshold=0.5)
+    assert out["ap50_c1"] == pytest.approx(1.0) and out["ap50_c2"] == 0.0
+    assert out["map50"] == pytest.approx(0.5)  # the mean over the two categories with GT
+    assert out["map_large"] == 0.0  # the only large box (12000 px², category 2) is missed
 
 
 def test_detection_shifted(gt: COCO) -> None:
@@ -138,7 +154,9 @@ def test_detection_duplicates_and_crowd(gt: COCO) -> None:
 
 def test_detection_no_predictions(gt: COCO) -> None:
     out = coco_detection_metrics(gt, [], score_threshold=0.5)
-    assert out == {"map": 0.0, "map50": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert {k: out[k] for k in SUMMARY} == dict.fromkeys(SUMMARY, 0.0)
+    assert out["map_small"] is None and out["map_medium"] == out["map_large"] == 0.0
+    assert out["ap50_c1"] == out["ap50_c2"] == 0.0 and out["ap50_c3"] is None
     below = coco_detection_metrics(gt, preds(score=0.1), score_threshold=0.5)
     assert below["precision"] == below["recall"] == 0.0 and below["map"] == 1.0
 

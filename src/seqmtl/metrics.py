@@ -8,7 +8,7 @@ import io
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 from torch import Tensor
 
 IGNORE_INDEX = 255
@@ -57,20 +57,33 @@ def miou(confusion: Tensor) -> dict:
 
 def coco_detection_metrics(
     gt: COCO, detections: list[dict], score_threshold: float, iou_threshold: float = 0.5
-) -> dict:
+) -> dict[str, float | None]:
     """COCO box metrics over all images of `gt`, from one COCOeval (bbox) run.
 
     `detections` are in COCO results format (image_id, category_id, bbox [x, y, w, h] in original
     image coordinates, score). map = AP@[.5:.95] (COCOeval stats[0]), map50 = AP@.5 (stats[1]),
     both 0.0 when there are no detections or COCOeval reports -1 (no GT at all).
+    map_small / map_medium / map_large = AP@[.5:.95] of COCO's area ranges (stats[3:6]), and
+    ap50_<category> = AP@.5 of one category (area "all", 100 detections per image), each None
+    where the split has no GT of that range or category.
     precision = TP / (TP + FP), recall = TP / #GT, f1 = 2PR / (P + R), each 0.0 when undefined,
     over the detections scoring at least `score_threshold`, matched as COCOeval matches them at
     IoU `iou_threshold` (greedily by score, per image and category, at most 100 per image and
     category; a detection matched to a crowd region counts neither way; crowd regions are not GT).
     """
-    n_gt = sum(not a.get("iscrowd", 0) for a in gt.dataset.get("annotations", []))
+    annotations = [a for a in gt.dataset.get("annotations", []) if not a.get("iscrowd", 0)]
+    names = {c["id"]: c["name"].replace(" ", "_") for c in gt.dataset.get("categories", [])}
+    ranges = dict(zip(Params("bbox").areaRngLbl, Params("bbox").areaRng, strict=True))
     if not detections:
-        return {"map": 0.0, "map50": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+        present = {a["category_id"] for a in annotations}
+        sizes = {
+            f"map_{label}": 0.0 if any(low <= a["area"] < high for a in annotations) else None
+            for label, (low, high) in ranges.items()
+            if label != "all"
+        }
+        per_class = {f"ap50_{n}": 0.0 if c in present else None for c, n in names.items()}
+        zeros = {"map": 0.0, "map50": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+        return zeros | sizes | per_class
     with contextlib.redirect_stdout(io.StringIO()):
         # loadRes writes area/id/iscrowd into the dicts it gets: hand it copies.
         ev = COCOeval(gt, gt.loadRes([dict(d) for d in detections]), "bbox")
@@ -87,10 +100,21 @@ def coco_detection_metrics(
         tp += int((counted & matched).sum())
         fp += int((counted & ~matched).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / n_gt if n_gt else 0.0
+    recall = tp / len(annotations) if annotations else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     ap, ap50 = max(float(ev.stats[0]), 0.0), max(float(ev.stats[1]), 0.0)
-    return {"map": ap, "map50": ap50, "precision": precision, "recall": recall, "f1": f1}
+    sizes = {
+        f"map_{label}": float(v) if v > -1 else None
+        for label, v in zip(("small", "medium", "large"), ev.stats[3:6], strict=True)
+    }
+    per_class = {}
+    for k, category in enumerate(ev.params.catIds):
+        curve = ev.eval["precision"][t, :, k, 0, -1]  # recall points, area "all", 100 dets
+        per_class[f"ap50_{names[category]}"] = (
+            float(curve[curve > -1].mean()) if (curve > -1).any() else None
+        )
+    summary = {"map": ap, "map50": ap50, "precision": precision, "recall": recall, "f1": f1}
+    return summary | sizes | per_class
 
 
 def top1(logits_or_pred: Tensor, target: Tensor) -> float:
