@@ -7,19 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from seqmtl.data import build_dataset, class_names
+from seqmtl.detection import assign, locations
 from seqmtl.download import fetch_all
+from seqmtl.model import STRIDE
 from seqmtl.subsample import subsample
-from seqmtl.synthetic import COCO_FIRST_TEN, IMAGENETTE_WNIDS
+from seqmtl.synthetic import IMAGENETTE_WNIDS
 
 
 @pytest.fixture(scope="module")
 def real_mini(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("real")
     fetch_all(root / "raw", root / "archives", str(mirror))
-    stats = subsample(root / "raw", root / "mini", 0, 240, 60, list(COCO_FIRST_TEN))
+    stats = subsample(root / "raw", root / "mini", 0, 240, 60, 10)
     return root / "mini", stats
 
 
@@ -28,14 +31,49 @@ def test_counts(real_mini: tuple[Path, dict]) -> None:
     assert {s: stats["seg"][s]["images"] for s in ("train", "val")} == {"train": 240, "val": 60}
     assert {s: stats["cls"][s]["images"] for s in ("train", "val")} == {"train": 240, "val": 60}
     det = {s: stats["det"][s]["images"] for s in ("train", "val")}
-    # the mirror holds fewer eligible COCO images than 300: all of them, split 4 : 1
+    # the mirror holds fewer eligible COCO images than 300: all of them, split about 4 : 1
     assert 0 < det["val"] < det["train"] < 240
-    assert det["train"] == round((det["train"] + det["val"]) * 0.8)
+    assert abs(det["val"] / (det["train"] + det["val"]) - 0.2) < 0.03
+
+
+def test_detection_classes_are_the_most_frequent_and_on_both_sides(
+    real_mini: tuple[Path, dict],
+) -> None:
+    source = json.loads(
+        (real_mini[0].parent / "raw/coco/annotations/instances_val2017.json").read_text()
+    )
+    images: dict[int, set] = {}
+    for a in source["annotations"]:
+        images.setdefault(a["category_id"], set()).add(a["image_id"])
+    counts = sorted((len(v) for v in images.values()), reverse=True)
+    names = {c["id"]: c["name"] for c in source["categories"]}
+    kept = class_names(real_mini[0])["det"]
+    assert len(kept) == 10
+    assert all(len(images[c]) >= counts[9] for c, n in names.items() if n in kept)
+    stats = real_mini[1]["det"]
+    for name in kept:
+        assert stats["train"]["boxes_per_class"][name] > 0, name
+        assert stats["val"]["boxes_per_class"][name] > 0, name
+
+
+def test_every_real_box_gets_a_positive_location(real_mini: tuple[Path, dict]) -> None:
+    """At the detection stage's 320 px, on the mirror's own boxes."""
+    size = 320
+    dataset = build_dataset(real_mini[0], "det", "train", size, train=False)
+    points = locations(size // STRIDE, size // STRIDE, STRIDE, torch.device("cpu"))
+    boxes = fallback_only = 0
+    for i in range(len(dataset)):
+        target = dataset[i][1]["boxes"]
+        index, positive, fallback = assign(points, target, STRIDE, 1.5)
+        assert set(index[positive].tolist()) == set(range(len(target)))
+        regular = set(index[positive & ~fallback].tolist())
+        boxes += len(target)
+        fallback_only += len(target) - len(regular)
+    assert fallback_only / boxes < 0.1
 
 
 def test_class_names(real_mini: tuple[Path, dict]) -> None:
     names = class_names(real_mini[0])
-    assert names["det"] == list(COCO_FIRST_TEN)
     assert names["cls"] == sorted(IMAGENETTE_WNIDS)
     assert names["seg"][0] == "background" and len(names["seg"]) == 21
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from seqmtl.data import DataError
-from seqmtl.subsample import subsample
+from seqmtl.subsample import detection_classes, stratified_split, subsample
 from seqmtl.synthetic import COCO_FIRST_TEN
 
 CLASSES = list(COCO_FIRST_TEN)
@@ -99,3 +99,33 @@ def test_unknown_class_and_bad_counts_are_rejected(tiny_raw: Path, tmp_path: Pat
     with pytest.raises(ValueError, match=r"subsample\.n_train / n_val must be positive"):
         subsample(tiny_raw, tmp_path / "m", 0, 0, 2, CLASSES)
     assert not (tmp_path / "m").exists()
+
+
+def test_integer_det_classes_keep_the_categories_in_most_images() -> None:
+    coco = {
+        "categories": [{"id": i, "name": f"c{i}"} for i in (1, 2, 3, 4)],
+        "annotations": [
+            {"image_id": img, "category_id": c}
+            for c, imgs in ((1, [1]), (2, [1, 2, 3]), (3, [2, 3]), (4, [4, 5]))
+            for img in imgs
+        ],
+    }
+    # c2 in 3 images; c3 and c4 tie at 2 (the lower id wins); c1 in 1
+    assert [c["name"] for c in detection_classes(coco, 2, Path("x"))] == ["c2", "c3"]
+    with pytest.raises(ValueError, match=r"subsample\.det_classes must be a positive integer"):
+        detection_classes(coco, 0, Path("x"))
+
+
+def test_stratified_split_puts_every_repeated_category_on_both_sides() -> None:
+    rng = np.random.default_rng(0)
+    # 40 images of a common category, rarer ones mixed in: 2, 3 and 5 images each
+    labels = {i: {0} for i in range(40)}
+    for category, images in ((1, [0, 1]), (2, [2, 3, 4]), (3, range(5, 10))):
+        for i in images:
+            labels[i] = labels[i] | {category}
+    train, val = stratified_split(rng, labels, 0.2)
+    assert sorted(train + val) == list(range(40)) and not set(train) & set(val)
+    for category in range(4):
+        assert any(category in labels[i] for i in train), category
+        assert any(category in labels[i] for i in val), category
+    assert len(val) == round(0.2 * 40)

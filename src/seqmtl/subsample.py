@@ -51,25 +51,91 @@ def subsample_seg(src: Path, dst: Path, rng: np.random.Generator, n_train: int, 
     return stats
 
 
-def subsample_det(
-    src: Path, dst: Path, rng: np.random.Generator, n_train: int, n_val: int, class_names: list[str]
-) -> dict:
-    """Split COCO val2017 images holding >= 1 object of `class_names` into mini train / val."""
-    coco = load_coco(src / "annotations" / "instances_val2017.json")
+def detection_classes(coco: dict, classes: int | list[str], source: Path) -> list[dict]:
+    """The kept COCO categories: the named ones in their order, or, for an integer k, the k
+    categories present in the most images (ties broken by category id) in category-id order."""
+    if isinstance(classes, bool) or not isinstance(classes, int | list) or not classes:
+        raise ValueError(
+            f"subsample.det_classes must be a positive integer or a list of names, got {classes!r}"
+        )
+    if isinstance(classes, int):
+        images: dict[int, set] = {c["id"]: set() for c in coco["categories"]}
+        for a in coco["annotations"]:
+            if not a.get("iscrowd", 0) and a["category_id"] in images:
+                images[a["category_id"]].add(a["image_id"])
+        ranked = sorted(images, key=lambda c: (-len(images[c]), c))
+        kept = set(ranked[:classes])
+        return [c for c in sorted(coco["categories"], key=lambda c: c["id"]) if c["id"] in kept]
     by_name = {c["name"]: c for c in coco["categories"]}
-    missing = [n for n in class_names if n not in by_name]
+    missing = [n for n in classes if n not in by_name]
     if missing:
-        raise DataError(f"subsample.det_classes: {missing} are not COCO categories in {src}")
-    keep = {by_name[n]["id"] for n in class_names}
+        raise DataError(f"subsample.det_classes: {missing} are not COCO categories in {source}")
+    return [by_name[n] for n in classes]
+
+
+def stratified_split(
+    rng: np.random.Generator, labels: dict[int, set[int]], val_fraction: float
+) -> tuple[list[int], list[int]]:
+    """Seeded train / val split of images (id -> the kept category ids they hold), stratified by
+    each image's rarest category, with round(fraction x images) images in val.
+
+    Each group of images sharing a rarest category sends floor(fraction x size) of its images to
+    val, but at least one and at most size - 1 when it has two or more; the largest remainders
+    (then the smallest) settle the total. Every category in two or more images of its own group
+    thus has boxes on both sides."""
+    frequency = Counter(c for held in labels.values() for c in held)
+    groups: dict[int, list[int]] = {}
+    for image in sorted(labels):
+        rarest = min(labels[image], key=lambda c: (frequency[c], c))
+        groups.setdefault(rarest, []).append(image)
+    share = {g: val_fraction * len(m) for g, m in groups.items()}
+    quota = {g: min(max(int(share[g]), 1), len(m) - 1) for g, m in groups.items()}
+    total = round(val_fraction * len(labels))
+    while sum(quota.values()) < total:
+        g = max((g for g in groups if quota[g] < len(groups[g]) - 1), default=None,
+                key=lambda g: (share[g] - quota[g], -g))  # fmt: skip
+        if g is None:
+            break
+        quota[g] += 1
+    while sum(quota.values()) > total:
+        g = min((g for g in groups if quota[g] > 1), default=None,
+                key=lambda g: (share[g] - quota[g], g))  # fmt: skip
+        if g is None:
+            break
+        quota[g] -= 1
+    train, val = [], []
+    for g in sorted(groups):
+        members = [groups[g][i] for i in rng.permutation(len(groups[g]))]
+        val += members[: quota[g]]
+        train += members[quota[g] :]
+    return sorted(train), sorted(val)
+
+
+def subsample_det(
+    src: Path,
+    dst: Path,
+    rng: np.random.Generator,
+    n_train: int,
+    n_val: int,
+    classes: int | list[str],
+) -> dict:
+    """Split COCO val2017 images holding >= 1 object of the kept classes (`detection_classes`)
+    into mini train / val: a seeded draw of n_train + n_val eligible images, split by
+    `stratified_split` in the ratio n_val / (n_train + n_val)."""
+    coco = load_coco(src / "annotations" / "instances_val2017.json")
+    categories = detection_classes(coco, classes, src)
+    keep = {c["id"] for c in categories}
     annotations = [a for a in coco["annotations"] if a["category_id"] in keep]
-    eligible = sorted({a["image_id"] for a in annotations})
-    chosen = _take(rng, eligible, n_train + n_val, "det train+val")
-    n_train = round(len(chosen) * n_train / (n_train + n_val))
+    held: dict[int, set[int]] = {}
+    for a in annotations:
+        if not a.get("iscrowd", 0):
+            held.setdefault(a["image_id"], set()).add(a["category_id"])
+    chosen = _take(rng, sorted(held), n_train + n_val, "det train+val")
+    splits = stratified_split(rng, {i: held[i] for i in chosen}, n_val / (n_train + n_val))
     images = {i["id"]: i for i in coco["images"]}
-    categories = [by_name[n] for n in class_names]
     (dst / "annotations").mkdir(parents=True)
     stats = {}
-    for split, ids in (("train", chosen[:n_train]), ("val", chosen[n_train:])):
+    for split, ids in zip(("train", "val"), splits, strict=True):
         (dst / split).mkdir()
         wanted = set(ids)
         split_annotations = [a for a in annotations if a["image_id"] in wanted]
@@ -116,7 +182,7 @@ def subsample_cls(src: Path, dst: Path, rng: np.random.Generator, n_train: int, 
 
 
 def subsample(
-    raw: Path, mini: Path, seed: int, n_train: int, n_val: int, det_classes: list[str]
+    raw: Path, mini: Path, seed: int, n_train: int, n_val: int, det_classes: int | list[str]
 ) -> dict:
     """Write the three mini datasets under `mini` atomically; return the statistics."""
     if n_train <= 0 or n_val <= 0:
