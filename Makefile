@@ -2,13 +2,14 @@
 # make test:  the same setup, then the test suite.
 # make check-repro: reproduce and compare with the committed results.
 # make sweep: every strategy x seed as DVC experiments (README, "Sweeps"), then the comparison.
+# make real MIRROR=folder: one experiment on the real data with the real-data profile.
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # dvc runs each stage's `python` from PATH: put the project's environment first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test check-repro sweep
+.PHONY: install repro test check-repro real sweep
 
 install: $(STAMP)
 
@@ -29,6 +30,20 @@ test: $(STAMP)
 check-repro: $(STAMP)
 	$(BIN)/python -m seqmtl.check --base HEAD
 
+# The real-data profile (README, "Real data"): per-stage image sizes, epochs and learning rates
+# chosen by measurement on the real mirror; the archives from MIRROR (a folder or URL) when given,
+# else from the official hosts. PROFILE=real adds it to a sweep.
+MIRROR ?=
+REAL = -S data.source=download $(if $(MIRROR),-S data.mirror=$(if $(findstring ://,$(MIRROR)),$(MIRROR),$(abspath $(MIRROR)))) \
+  -S stage1.image_size=256 -S stage1.epochs=16 -S stage1.lr=0.002 \
+  -S stage2.image_size=320 -S stage2.epochs=16 -S stage2.lr=0.0005 \
+  -S stage3.image_size=160 -S stage3.epochs=10 -S stage3.lr=0.0005 \
+  -S gradients.images=80
+PROFILE ?=
+PROFILE_SET = $(if $(filter real,$(PROFILE)),$(REAL))
+real: $(STAMP)
+	$(BIN)/dvc exp run $(REAL) $(SET)
+
 # Queue every (strategy, seed) pair as a DVC experiment and run the queue with DVC's own workers.
 # One run per seed goes first, so that the strategy-independent stages (data, stage 1, the
 # references) are computed once per seed and then restored from DVC's run cache by the others.
@@ -40,10 +55,11 @@ SET ?=
 NAME ?= comparison
 WAIT = while $(BIN)/dvc queue status | grep -qE "Running|Queued"; do sleep 20; done
 sweep: $(STAMP)
-	for seed in $(SEEDS); do $(BIN)/dvc exp run --queue $(SET) -S seed=$$seed \
+	for seed in $(SEEDS); do $(BIN)/dvc exp run --queue $(PROFILE_SET) $(SET) -S seed=$$seed \
 	  -S strategy=$(firstword $(STRATEGIES)); done
 	$(BIN)/dvc queue start -j $(JOBS) && $(WAIT)
 	for seed in $(SEEDS); do for strategy in $(wordlist 2,99,$(STRATEGIES)); do \
-	  $(BIN)/dvc exp run --queue $(SET) -S seed=$$seed -S strategy=$$strategy; done; done
+	  $(BIN)/dvc exp run --queue $(PROFILE_SET) $(SET) -S seed=$$seed -S strategy=$$strategy; \
+	  done; done
 	$(BIN)/dvc queue start -j $(JOBS) && $(WAIT)
-	$(BIN)/python -m seqmtl.compare --name $(NAME) $(SET)
+	$(BIN)/python -m seqmtl.compare --name $(NAME) $(PROFILE_SET) $(SET)
