@@ -1,13 +1,16 @@
-"""dvc.yaml lists as each stage's code deps exactly the project files its script runs."""
+"""dvc.yaml lists as each stage's deps exactly the project files its script runs, and the params
+of the chosen strategy only."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import dvc.api
 import pytest
 import yaml
 
 from seqmtl.deps import code_deps, paths, stage_code_deps, stage_strategy
+from seqmtl.strategies import strategy_names
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -25,6 +28,25 @@ def test_dvc_code_deps_follow_the_imports(name: str) -> None:
 def test_strategy_rule_of_the_pipeline() -> None:
     naive = {name for name in STAGES if stage_strategy(name, STAGES) == "naive"}
     assert naive == {"download", "subsample", "stage1_seg", "reference_det", "reference_cls"}
+
+
+@pytest.mark.parametrize("strategy", strategy_names())
+def test_stages_read_the_chosen_strategys_params_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    """DVC resolves the `${strategy}` params entry to the chosen strategy's section, which
+    params.yaml must hold (else DVC refuses to run the stage), and no stage reads another's."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert isinstance(params.get(strategy), dict), f"params.yaml has no section {strategy}"
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params | {"strategy": strategy}))
+    monkeypatch.chdir(tmp_path)  # params_show finds `stages` from the working directory
+    readers = [name for name, stage in STAGES.items() if "strategy" in stage.get("params", [])]
+    others = [name for name in STAGES if name not in readers]
+    for names, expected in [*(([name], {strategy}) for name in readers), (others, set())]:
+        shown = dvc.api.params_show(stages=names, config={"core": {"no_scm": True}})
+        assert set(shown) & set(strategy_names()) == expected, f"stages {names}"
 
 
 def _project(root: Path) -> None:
