@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -178,6 +179,14 @@ def _fake_mirror(folder: Path) -> None:
     (folder / "SHA256SUMS").write_text("".join(sums))
 
 
+def _resum(folder: Path, name: str) -> None:
+    """Make the SHA256SUMS of `folder` list the current hash of its file `name`."""
+    fixed = f"{sha256((folder / name).read_bytes())[7:]}  {name}"
+    sums = (folder / "SHA256SUMS").read_text().splitlines()
+    lines = [fixed if s.endswith(f" {name}") else s for s in sums]
+    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
 @pytest.mark.parametrize("as_url", [False, True])
 def test_fetch_all_from_fake_mirror(tmp_path: Path, as_url: bool) -> None:
     _fake_mirror(tmp_path / "mirror")
@@ -211,11 +220,26 @@ def test_fetch_all_failure_leaves_no_raw_dir(tmp_path: Path, problem: str, messa
         (mirror / "SHA256SUMS").unlink()
     else:
         _zip(mirror / "val2017.zip", "dotdot")
-        sums = (mirror / "SHA256SUMS").read_text().splitlines()
-        fixed = sha256((mirror / "val2017.zip").read_bytes())[7:]
-        lines = [f"{fixed}  val2017.zip" if s.endswith(" val2017.zip") else s for s in sums]
-        (mirror / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+        _resum(mirror, "val2017.zip")
     with pytest.raises(DownloadError, match=message):
+        fetch_all(tmp_path / "raw", tmp_path / "archives", str(mirror))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror"]
+
+
+# Each cut falls inside the first member's data: a tar cut after its last member reads as whole.
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [("imagenette2-160.tgz", 80), ("VOCtrainval_11-May-2012.tar", 530), ("val2017.zip", 100)],
+)
+def test_fetch_all_truncated_archive_with_matching_sum(
+    tmp_path: Path, name: str, size: int
+) -> None:
+    mirror = tmp_path / "mirror"
+    _fake_mirror(mirror)
+    archive = mirror / name
+    archive.write_bytes(archive.read_bytes()[:size])
+    _resum(mirror, name)
+    with pytest.raises(DownloadError, match=rf"^{re.escape(name)} is truncated or corrupt: "):
         fetch_all(tmp_path / "raw", tmp_path / "archives", str(mirror))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import http.client
 import shutil
@@ -13,6 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -25,6 +27,8 @@ CHUNK = 1 << 20
 TIMEOUT_S = 30.0
 BACKOFF_S = 2.0
 URL_SCHEMES = ("http", "https", "file")
+DAMAGED = (EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error, gzip.BadGzipFile)
+"""What reading a truncated or corrupt zip, tar or gzip stream raises."""
 
 
 class DownloadError(OSError):
@@ -233,15 +237,20 @@ def _write(
 
 def extract(archive: Path, dest: Path) -> None:
     """Extract a zip (by `.zip` name) or tar (any compression) into `dest`. Absolute paths, '..',
-    links and special files raise DownloadError, checked for all members before any is written."""
-    if archive.name.endswith(".zip"):
-        with zipfile.ZipFile(archive) as zf:
-            entries = [(i.filename, _zip_kind(i), i) for i in zf.infolist()]
-            _write(archive, dest, entries, zf.open)
-    else:
-        with tarfile.open(archive) as tf:
-            entries = [(m.name, _tar_kind(m), m) for m in tf.getmembers()]
-            _write(archive, dest, entries, tf.extractfile)
+    links and special files raise DownloadError, checked for all members before any is written.
+    A truncated or corrupt archive raises DownloadError too, possibly after some members were
+    written (fetch_all extracts into a temporary folder, removed on failure)."""
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                entries = [(i.filename, _zip_kind(i), i) for i in zf.infolist()]
+                _write(archive, dest, entries, zf.open)
+        else:
+            with tarfile.open(archive) as tf:
+                entries = [(m.name, _tar_kind(m), m) for m in tf.getmembers()]
+                _write(archive, dest, entries, tf.extractfile)
+    except DAMAGED as err:
+        raise DownloadError(f"{archive.name} is truncated or corrupt: {err}") from err
 
 
 def fetch_all(raw_dir: Path, archive_dir: Path, mirror: str | None, retries: int = 3) -> None:

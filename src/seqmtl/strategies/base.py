@@ -6,7 +6,8 @@ and `backward(ctx, losses)` (the loop zeroes the gradients before and steps the 
 then `after_stage(ctx)` once. `state_dict()` is saved with the stage's checkpoint and given back
 through `load_state_dict` to the next stage's strategy of the same name. Each strategy is one
 module of this package named as the strategy, its class registered with `@register`; its params
-are its own section of params.yaml.
+are its own section of params.yaml, present even if empty (dvc.yaml's stages 2 and 3 depend on
+the section that `strategy` names).
 """
 
 from __future__ import annotations

@@ -1,0 +1,69 @@
+"""The code a dvc.yaml stage runs, found statically: what the stage lists as its code deps.
+
+`code_deps` follows a script's imports with the standard library's `modulefinder`, which reads
+the compiled code without running it. Every import statement counts, at module level or inside a
+function (even one never executed), and so do the packages (`__init__.py`) an import runs. Only
+the project's own files are searched: the script's folder (first on `sys.path` when Python runs
+a script) and `src/`.
+
+One import is dynamic: `seqmtl.strategies.build_strategy(name, …)` imports the module
+`seqmtl.strategies.<name>`. The rule for it (`stage_strategy`): a stage that the `strategy` param
+reaches, by reading it or by reading an output of a stage it reaches (a checkpoint records its
+strategy, rebuilt on loading), may build any strategy and depends on the folder
+`src/seqmtl/strategies`; any other stage builds only `naive` (stage 1 and the single-task
+references train naively) and depends on naive.py and what it imports.
+"""
+
+from __future__ import annotations
+
+import modulefinder
+from pathlib import Path
+from typing import Any
+
+STRATEGIES = "seqmtl.strategies"
+BUILDER = f"{STRATEGIES}.base"  # defines build_strategy
+STRATEGY_FOLDER = "src/seqmtl/strategies"
+
+
+def code_deps(script: Path, strategy: str | None, root: Path = Path(".")) -> list[str]:
+    """Sorted POSIX paths, relative to `root`, of `script` (relative to `root`) and the project
+    modules it imports, directly or not. Where these include `build_strategy`, `strategy` is the
+    one the stage builds (its module and imports are added), or None for any: the folder
+    STRATEGY_FOLDER then stands for every file in it."""
+    root = Path(root).resolve()
+    finder = modulefinder.ModuleFinder(path=[str((root / script).parent), str(root / "src")])
+    finder.run_script(str(root / script))
+    builds = BUILDER in finder.modules
+    if builds and strategy is not None:
+        finder.import_hook(f"{STRATEGIES}.{strategy}")
+    files = {Path(m.__file__).resolve() for m in finder.modules.values() if m.__file__}
+    deps = {p.relative_to(root).as_posix() for p in files if p.is_relative_to(root)}
+    if builds and strategy is None:
+        deps = {d for d in deps if not d.startswith(f"{STRATEGY_FOLDER}/")} | {STRATEGY_FOLDER}
+    return sorted(deps)
+
+
+def paths(entries: list[Any]) -> list[str]:
+    """The paths of a dvc.yaml deps/outs/metrics/plots list (plain, or keys of `path: {…}`)."""
+    return [p for e in entries for p in ([e] if isinstance(e, str) else e)]
+
+
+def stage_strategy(name: str, stages: dict[str, dict[str, Any]]) -> str | None:
+    """The strategy stage `name` of dvc.yaml's `stages` builds: None (any) if the `strategy` param
+    reaches it (it reads it, or depends on an output of a stage that it reaches), else "naive"."""
+    stage = stages[name]
+    if "strategy" in stage.get("params", []):
+        return None
+    deps = set(paths(stage.get("deps", [])))
+    for other, spec in stages.items():
+        outs = paths(spec.get("outs", []) + spec.get("metrics", []) + spec.get("plots", []))
+        if deps.intersection(outs) and stage_strategy(other, stages) is None:
+            return None
+    return "naive"
+
+
+def stage_code_deps(name: str, stages: dict[str, dict[str, Any]], root: Path) -> list[str]:
+    """`code_deps` of stage `name` of dvc.yaml's `stages`: of the `.py` script of its cmd, with
+    the strategy of `stage_strategy`."""
+    script = next(word for word in stages[name]["cmd"].split() if word.endswith(".py"))
+    return code_deps(Path(script), stage_strategy(name, stages), root)

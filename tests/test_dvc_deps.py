@@ -1,0 +1,92 @@
+"""dvc.yaml lists as each stage's deps exactly the project files its script runs, and the params
+of the chosen strategy only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dvc.api
+import pytest
+import yaml
+
+from seqmtl.deps import code_deps, paths, stage_code_deps, stage_strategy
+from seqmtl.strategies import strategy_names
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+CODE = ("stages/", "src/")
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_dvc_code_deps_follow_the_imports(name: str) -> None:
+    listed = {dep for dep in paths(STAGES[name]["deps"]) if dep.startswith(CODE)}
+    computed = set(stage_code_deps(name, STAGES, REPO))
+    missing, extra = sorted(computed - listed), sorted(listed - computed)
+    assert not (missing or extra), f"stage {name}: missing code deps {missing}, extra {extra}"
+
+
+def test_strategy_rule_of_the_pipeline() -> None:
+    naive = {name for name in STAGES if stage_strategy(name, STAGES) == "naive"}
+    assert naive == {"download", "subsample", "stage1_seg", "reference_det", "reference_cls"}
+
+
+@pytest.mark.parametrize("strategy", strategy_names())
+def test_stages_read_the_chosen_strategys_params_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    """DVC resolves the `${strategy}` params entry to the chosen strategy's section, which
+    params.yaml must hold (else DVC refuses to run the stage), and no stage reads another's."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert isinstance(params.get(strategy), dict), f"params.yaml has no section {strategy}"
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params | {"strategy": strategy}))
+    monkeypatch.chdir(tmp_path)  # params_show finds `stages` from the working directory
+    readers = [name for name, stage in STAGES.items() if "strategy" in stage.get("params", [])]
+    others = [name for name in STAGES if name not in readers]
+    for names, expected in [*(([name], {strategy}) for name in readers), (others, set())]:
+        shown = dvc.api.params_show(stages=names, config={"core": {"no_scm": True}})
+        assert set(shown) & set(strategy_names()) == expected, f"stages {names}"
+
+
+def _project(root: Path) -> None:
+    files = {
+        "stages/run.py": "from seqmtl.a import f\nfrom seqmtl.strategies import build\n",
+        "stages/plain.py": "import seqmtl.c\n",
+        "src/seqmtl/__init__.py": "",
+        "src/seqmtl/a.py": "def f():\n    from seqmtl import b\n",
+        "src/seqmtl/b.py": "import json\nimport seqmtl.c\n",
+        "src/seqmtl/c.py": "",
+        "src/seqmtl/unused.py": "",
+        "src/seqmtl/strategies/__init__.py": "from seqmtl.strategies.base import build\n",
+        "src/seqmtl/strategies/base.py": "def build():\n    pass\n",
+        "src/seqmtl/strategies/naive.py": "from seqmtl.strategies.base import build\n",
+        "src/seqmtl/strategies/replay.py": "from seqmtl import unused\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_code_deps_closure_and_strategy_rule(tmp_path: Path) -> None:
+    _project(tmp_path)
+    common = ["src/seqmtl/__init__.py", "src/seqmtl/a.py", "src/seqmtl/b.py", "src/seqmtl/c.py"]
+    assert code_deps(Path("stages/run.py"), None, tmp_path) == sorted(
+        [*common, "src/seqmtl/strategies", "stages/run.py"]
+    )
+    strategies = ["__init__.py", "base.py", "naive.py"]
+    assert code_deps(Path("stages/run.py"), "naive", tmp_path) == sorted(
+        [*common, *(f"src/seqmtl/strategies/{s}" for s in strategies), "stages/run.py"]
+    )
+    plain = ["src/seqmtl/__init__.py", "src/seqmtl/c.py", "stages/plain.py"]
+    assert code_deps(Path("stages/plain.py"), None, tmp_path) == plain
+
+
+def test_stage_strategy_follows_outputs() -> None:
+    stages = {
+        "first": {"cmd": "python a.py", "outs": ["x"]},
+        "second": {"cmd": "python b.py", "deps": ["x"], "params": ["strategy"], "outs": ["y"]},
+        "third": {"cmd": "python c.py", "deps": ["y"], "metrics": [{"m.json": {"cache": False}}]},
+        "fourth": {"cmd": "python d.py", "deps": ["m.json"]},
+    }
+    assert [stage_strategy(name, stages) for name in stages] == ["naive", None, None, None]
