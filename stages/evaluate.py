@@ -1,8 +1,10 @@
 """Stage evaluate: forgetting matrix, drops and verdicts, efficiency, figures and the report.
 
 Reads metrics/stage{1,2,3}.json and *_time.json, the single-task references (metrics/reference_*),
-the per-epoch CSVs under plots/ and the final checkpoint. Writes metrics/eval.json (deterministic),
-metrics/efficiency.json (timings and memory), plots/evaluate/*.png and metrics/report.md.
+the per-epoch CSVs under plots/, the final checkpoint and the earlier stages' checkpoints (whose
+BatchNorm statistics the old tasks are scored with once more). Writes metrics/eval.json
+(deterministic), metrics/efficiency.json (timings and memory), plots/evaluate/*.png and
+metrics/report.md.
 """
 
 import json
@@ -10,21 +12,29 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader
+
 from seqmtl.checkpoints import load_checkpoint
-from seqmtl.data import TASKS
+from seqmtl.data import TASKS, build_dataset, collate, task_image_sizes
 from seqmtl.evaluate import (
+    PRIMARY,
+    batchnorm_drift,
     count_parameters,
     efficiency_summary,
     evaluate_sequence,
     inference_efficiency,
+    running_statistics,
 )
 from seqmtl.figures import write_figures
 from seqmtl.files import atomic_file, write_json
 from seqmtl.report import render_report
 from seqmtl.runtime import resolve_device
 from seqmtl.stage import load_params, run
+from seqmtl.tasks import build_tasks
 
 METRICS = Path("metrics")
+CHECKPOINTS = Path("data/checkpoints")
 REPORT = METRICS / "report.md"
 
 
@@ -38,9 +48,9 @@ def main() -> None:
     names = [f"stage{s}" for s in range(1, len(TASKS) + 1)]
     stages = [read(name) for name in names]
     references = {TASKS[0]: stages[0]} | {t: read(f"reference_{t}") for t in TASKS[1:]}
-    model, _ = load_checkpoint(
-        Path(f"data/checkpoints/{names[-1]}.pt"), params, Path("data/mini"), int(params["seed"])
-    )
+    mini, device = Path("data/mini"), resolve_device(params["device"])
+    model, _ = load_checkpoint(CHECKPOINTS / f"{names[-1]}.pt", params, mini, int(params["seed"]))
+    model.to(device)
     evaluation = evaluate_sequence(
         stages,
         references,
@@ -48,9 +58,28 @@ def main() -> None:
         float(cfg["chance_margin"]),
         count_parameters(model),
     )
+    tasks = build_tasks(model.num_classes, float(params["train"]["score_threshold"]))
+    sizes = task_image_sizes(params, TASKS)
+    batch_size = int(params[names[-1]]["batch_size"])
+
+    def score(model: torch.nn.Module, task: str) -> float:
+        dataset = build_dataset(mini, task, "val", sizes[task], train=False)
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+        return tasks[task].evaluate(model, loader, device)[PRIMARY[task]]
+
+    own = {
+        task: running_statistics(
+            torch.load(CHECKPOINTS / f"{name}.pt", map_location="cpu", weights_only=True)["model"]
+        )
+        for task, name in zip(TASKS[:-1], names, strict=False)
+    }
+    evaluation["batchnorm"] = {
+        "policy": params["model"]["batchnorm"],
+        "tasks": batchnorm_drift(model, own, score, evaluation),
+    }
     latency = cfg["latency"]
     inference = inference_efficiency(
-        model, resolve_device(params["device"]), int(latency["image_size"]), int(latency["repeats"])
+        model, device, int(latency["image_size"]), int(latency["repeats"])
     )
     efficiency = efficiency_summary(
         {name: read(f"{name}_time") for name in names},

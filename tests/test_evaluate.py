@@ -14,12 +14,15 @@ from conftest import REPO, TINY, merge
 from seqmtl.evaluate import (
     PRIMARY,
     backward_transfer,
+    batchnorm_drift,
     compare,
     evaluate_sequence,
     forgetting,
     forgetting_matrix,
+    running_statistics,
 )
 from seqmtl.figures import write_figures
+from seqmtl.model import UnifiedModel
 from seqmtl.report import render_report
 from seqmtl.train import StagePaths, train_stage
 
@@ -182,3 +185,30 @@ def test_reference_trains_one_task_alone(tiny_mini: Path, tmp_path: Path) -> Non
     assert (paths.plots / "val.csv").read_text().splitlines()[1].startswith("1,2,")  # own epoch 1
     checkpoint = torch.load(paths.checkpoint, weights_only=True)
     assert checkpoint["tasks"] == ["det"] and checkpoint["strategy"] == "naive"
+
+
+def test_batchnorm_drift_splits_the_drop() -> None:
+    """O_j is the score with task j's own statistics; the model keeps its own afterwards."""
+    model = UnifiedModel({"seg": 3, "det": 2, "cls": 2}, "mobilenet_v3_small", False, 16, 2)
+    final = {k: v.clone() for k, v in running_statistics(model.state_dict()).items()}
+    first = next(k for k in final if k.endswith("running_mean"))
+    shifted = {k: v + 0.25 if k.endswith("running_mean") else v for k, v in final.items()}
+
+    def score(scored: torch.nn.Module, task: str) -> float:
+        """A stand-in metric that reads the loaded statistics: 0.5 + the first mean's mean."""
+        return 0.5 + scored.state_dict()[first].mean().item()
+
+    base = score(model, "seg")
+    evaluation = evaluated([[0.9], [0.6, 0.8], [0.5, 0.7, 0.9]], (0.9, 0.8, 0.9))
+    evaluation["tasks"]["seg"]["final"] = round(base, 6)
+    drift = batchnorm_drift(model, {"seg": shifted, "det": final}, score, evaluation)
+    assert drift["seg"]["own_statistics"] == pytest.approx(base + 0.25, abs=1e-6)
+    assert drift["seg"]["weight_drift"] == pytest.approx(0.9 - (base + 0.25), abs=1e-6)
+    assert drift["seg"]["statistics_drift"] == pytest.approx(0.25, abs=1e-6)
+    # the same statistics as the model's: nothing to recompute, no statistics drift
+    assert drift["det"] == {"baseline": 0.8, "own_statistics": 0.7, "final": 0.7,
+                            "weight_drift": 0.1, "statistics_drift": 0.0}  # fmt: skip
+    after = running_statistics(model.state_dict())
+    assert all(torch.equal(after[k], final[k]) for k in final)
+    other = {"members.seg." + k: v for k, v in final.items()}
+    assert batchnorm_drift(model, {"seg": other}, score, evaluation) == {"seg": None}

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+import seqmtl.train
 from conftest import REPO, TINY, merge
 from seqmtl.checkpoints import model_factory
 from seqmtl.data import class_names
@@ -149,3 +150,22 @@ def test_backbone_gets_its_own_learning_rate(tiny_mini: Path) -> None:
     assert {id(p) for p in backbone["params"]} == ids
     assert len(backbone["params"]) + len(rest["params"]) == len(list(model.parameters()))
     assert not ids & {id(p) for p in rest["params"]}
+
+
+def test_every_task_is_trained_and_evaluated_at_its_own_size(
+    three_stages: Path, tiny_mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[tuple[str, str, int]] = []
+    original = seqmtl.train.build_dataset
+
+    def spy(mini: Path, task: str, split: str, size: int, train: bool) -> object:
+        built.append((task, split, size))
+        return original(mini, task, split, size, train)
+
+    monkeypatch.setattr(seqmtl.train, "build_dataset", spy)
+    stage2 = paths(tmp_path, tiny_mini, 2)
+    stage2 = StagePaths(**{**stage2.__dict__, "previous": three_stages / "checkpoints/stage1.pt"})
+    train_stage(2, params(strategy="replay", stage2={"image_size": 96, "epochs": 1}), stage2)
+    assert ("seg", "val", 64) in built and ("seg", "train", 64) in built  # replayed at 64
+    assert ("det", "val", 96) in built and ("det", "train", 96) in built
+    assert {size for task, _, size in built if task == "seg"} == {64}

@@ -49,7 +49,15 @@ VOC_CLASSES = (
     "train",
     "tvmonitor",
 )
-__all__ = ["TASKS", "VOC_CLASSES", "DataError", "build_dataset", "class_names", "collate"]
+__all__ = [
+    "TASKS",
+    "VOC_CLASSES",
+    "DataError",
+    "build_dataset",
+    "class_names",
+    "collate",
+    "task_image_sizes",
+]
 
 
 class DataError(ValueError):
@@ -273,6 +281,12 @@ class ClsDataset(TaskDataset):
         if self.transform is not None:
             image = self.transform(image)
         return F.to_dtype(image, torch.float32, scale=True), {"label": self.labels[i], "index": i}
+
+
+def task_image_sizes(params: dict[str, Any], tasks: list[str] | tuple[str, ...]) -> dict[str, int]:
+    """Each task's image side: that of the stage that learns it (`stageN.image_size`). A task is
+    trained, replayed, evaluated and analysed at its own size in every stage."""
+    return {t: int(params[f"stage{TASKS.index(t) + 1}"]["image_size"]) for t in tasks}
 
 
 def build_dataset(mini: Path, task: str, split: str, size: int, train: bool) -> TaskDataset:

@@ -20,15 +20,19 @@ of the stage metrics.
   the loss from the best value it had before the last stage; mean forgetting is the mean over j < T.
 - Backward transfer (Lopez-Paz & Ranzato 2017, GEM): BWT = mean over j < T of R[T][j] - R[j][j];
   negative means forgetting. Both are in absolute metric units.
+- BatchNorm drift of task j < T: the final weights evaluated once more with the BatchNorm running
+  statistics of the end of stage j + 1 (its own) give O_j; its drop R[j][j] - R[T][j] splits into
+  weight drift R[j][j] - O_j and statistics drift O_j - R[T][j].
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from seqmtl.bench import inference_ms
 from seqmtl.data import TASKS
@@ -130,6 +134,49 @@ def evaluate_sequence(
             for key in ("vs_baseline", "vs_reference")
         },
     }
+
+
+RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def running_statistics(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The BatchNorm running statistics in a state dict."""
+    return {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] in RUNNING_STATISTICS}
+
+
+def batchnorm_drift(
+    model: nn.Module,
+    own: dict[str, dict[str, Tensor]],
+    score: Callable[[nn.Module, str], float],
+    evaluation: dict[str, Any],
+) -> dict[str, dict[str, Any] | None]:
+    """Per old task j (`own` maps it to the running statistics its own stage ended with): its
+    baseline, O_j = `score(model, j)` with those statistics loaded into `model`, its final value,
+    and the split of its drop into weight drift (baseline - O_j) and statistics drift
+    (O_j - final). Where the statistics equal the model's (the frozen policy), O_j is the final
+    value, not recomputed; where they do not fit the model (another architecture), None. The
+    model's own statistics are restored."""
+    current = {k: v.clone() for k, v in running_statistics(model.state_dict()).items()}
+    drift: dict[str, dict[str, Any] | None] = {}
+    for task, statistics_j in own.items():
+        entry = evaluation["tasks"][task]
+        if statistics_j.keys() != current.keys():
+            drift[task] = None
+            continue
+        if all(torch.equal(statistics_j[k].cpu(), current[k].cpu()) for k in current):
+            value = entry["final"]
+        else:
+            model.load_state_dict(statistics_j, strict=False)
+            value = round(score(model, task), DIGITS)
+            model.load_state_dict(current, strict=False)
+        drift[task] = {
+            "baseline": entry["baseline"],
+            "own_statistics": value,
+            "final": entry["final"],
+            "weight_drift": round(entry["baseline"] - value, DIGITS),
+            "statistics_drift": round(value - entry["final"], DIGITS),
+        }
+    return drift
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -41,7 +41,7 @@ from sklearn.manifold import TSNE
 from torch import Tensor, nn
 
 from seqmtl.checkpoints import load_checkpoint
-from seqmtl.data import TASKS, TaskDataset, build_dataset, collate
+from seqmtl.data import TASKS, TaskDataset, build_dataset, collate, task_image_sizes
 from seqmtl.files import atomic_dir, save_png, write_json
 from seqmtl.logs import read_weights
 from seqmtl.model import shared_modules, shared_parameters
@@ -339,10 +339,11 @@ def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str,
         reached: dict[str, Tensor] = {}
         for task in checkpoint["tasks"]:
             if task not in datasets:
-                stage = TASKS.index(task) + 1
-                size = int(params[f"stage{stage}"]["image_size"])
+                size = task_image_sizes(params, [task])[task]
                 datasets[task] = build_dataset(paths.mini, task, "train", size, train=False)
-                orders[task] = analysed_order(len(datasets[task]), cfg, seed + stage)
+                orders[task] = analysed_order(
+                    len(datasets[task]), cfg, seed + TASKS.index(task) + 1
+                )
             gradients = TaskGradients(
                 model, tasks[task], datasets[task], orders[task], b_small, shared
             )

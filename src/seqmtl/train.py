@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from seqmtl.checkpoints import model_factory
-from seqmtl.data import TASKS, TaskDataset, build_dataset, collate
+from seqmtl.data import TASKS, TaskDataset, build_dataset, collate, task_image_sizes
 from seqmtl.files import atomic_dir, atomic_file, write_json
 from seqmtl.logs import write_csv
 from seqmtl.model import backbone_parameters
@@ -166,17 +166,18 @@ def train_stage(
     seed_everything(seed + stage)
 
     tasks = build_tasks(model.num_classes, float(train_cfg["score_threshold"]))
-    size, batch_size = int(cfg["image_size"]), int(cfg["batch_size"])
+    sizes = task_image_sizes(params, seen)
+    batch_size = int(cfg["batch_size"])
     train_sets: dict[str, TaskDataset] = {}
 
     def train_data(t: str) -> TaskDataset:
         if t not in train_sets:
-            train_sets[t] = build_dataset(paths.mini, t, "train", size, train=True)
+            train_sets[t] = build_dataset(paths.mini, t, "train", sizes[t], train=True)
         return train_sets[t]
 
     val_loaders = {
         t: DataLoader(
-            build_dataset(paths.mini, t, "val", size, train=False),
+            build_dataset(paths.mini, t, "val", sizes[t], train=False),
             batch_size=batch_size,
             collate_fn=collate,
         )
