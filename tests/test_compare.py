@@ -14,16 +14,17 @@ from seqmtl.compare import aggregate, main, plot, read_runs, render, select
 BASE = {"seed": 0, "strategy": "naive", "data": {"source": "synthetic"}, "stage3": {"epochs": 8}}
 
 
-def task_entry(final: float, baseline: float) -> dict:
+def task_entry(final: float, baseline: float, reference: float = 0.8) -> dict:
     relative = round((baseline - final) / baseline, 6)
     verdict = "pass" if relative <= 0.05 else "fail"
     entry = {"absolute": round(baseline - final, 6), "relative": relative, "verdict": verdict}
     return {"metric": "m", "final": final, "baseline": baseline, "vs_baseline": entry,
-            "vs_reference": entry}  # fmt: skip
+            "vs_reference": entry | {"value": reference}}  # fmt: skip
 
 
 def revision(name: str, params: dict, finals: dict[str, float], seconds: float) -> dict:
-    tasks = {task: task_entry(final, 0.8) for task, final in finals.items()}
+    reference = 0.8 + 0.01 * params["seed"]  # the same for every strategy of a seed
+    tasks = {task: task_entry(final, 0.8, reference) for task, final in finals.items()}
     runs = {"stage2": {"train_seconds": seconds / 2}, "stage3": {"train_seconds": seconds / 2}}
     metrics = {
         "metrics/eval.json": {"data": {"tasks": tasks}},
@@ -81,6 +82,13 @@ def test_mean_and_sample_std(comparison: dict) -> None:
     assert seg["pass_rate"] == 0.0  # every seed drops by about 10 %
     assert comparison["strategies"]["naive"]["tasks"]["cls"]["pass_rate"] == 1.0  # 0.9 > 0.8
     assert comparison["strategies"]["lwf"]["training_seconds"]["mean"] == pytest.approx(61)
+
+
+def test_single_task_reference_over_seeds(comparison: dict, tmp_path: Path) -> None:
+    reference = comparison["tasks"]["det"]["reference"]
+    assert reference["n"] == 3
+    assert reference["mean"] == pytest.approx(0.81) and reference["std"] == pytest.approx(0.01)
+    assert "| det | 0.810 ± 0.010 | 3 |" in render(comparison, "c", {})
 
 
 def test_timing_restored_from_run_cache_is_not_counted() -> None:

@@ -12,6 +12,7 @@ preferring one that timed its own stages 2 and 3 (a run whose stages DVC restore
 cache has no training time of its own). Writes metrics/<name>.json, metrics/<name>.md (table)
 and plots/<name>.png:
 
+- per task, over seeds: mean ± sample std of its single-task reference (`tasks.<task>.reference`);
 - per strategy and task, over seeds: mean ± sample std (n - 1) of the final metric and of its
   relative drop from the task's own baseline, and the rate of ≤ max_drop verdicts (against the
   baseline and against the single-task reference); per strategy, the training time of stages
@@ -210,7 +211,24 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
             )
     for tests in pairs.values():
         flag_within_noise(tests)
-    return {"alpha": ALPHA, "strategies": strategies, "pairs": pairs}
+    return {
+        "alpha": ALPHA,
+        "tasks": {task: {"reference": reference_statistics(runs, task)} for task in TASKS},
+        "strategies": strategies,
+        "pairs": pairs,
+    }
+
+
+def reference_statistics(runs: list[Run], task: str) -> dict[str, Any]:
+    """Mean ± std over seeds of `task`'s single-task reference (strategy-independent: one value
+    per seed, the same in every run of that seed)."""
+    per_seed = {
+        run["params"]["seed"]: run["metrics"]["metrics/eval.json"]["tasks"][task]["vs_reference"][
+            "value"
+        ]
+        for run in runs
+    }
+    return mean_std([per_seed[seed] for seed in sorted(per_seed)])
 
 
 def seed_count(stats: dict[str, Any], seeds: int) -> str:
@@ -261,6 +279,16 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
                 f"| {cell(stats['training_seconds'], digits=0)} |"
             )
     lines += [
+        "",
+        "Single-task references (each task learned alone from the same initialisation with its "
+        "stage's budget; for the first task, stage 1 itself), mean ± std over seeds:",
+        "",
+        "| Task | Reference | Seeds |",
+        "| --- | ---: | ---: |",
+        *(
+            f"| {task} | {cell(entry['reference'])} | {entry['reference']['n']} |"
+            for task, entry in comparison["tasks"].items()
+        ),
         "",
         f"Paired differences of the final metric (row minus column strategy, same seeds), "
         "two-sided paired t-test over seeds (p), adjusted over the task's pairs by "
