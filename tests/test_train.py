@@ -59,6 +59,7 @@ def test_every_task_seen_is_evaluated(three_stages: Path, tiny_mini: Path) -> No
 def test_plots_and_snapshots(three_stages: Path) -> None:
     train = (three_stages / "plots" / "stage2" / "train.csv").read_text().splitlines()
     assert train[0].startswith("epoch,stage,det/det_box") and len(train) == 3
+    assert train[0].endswith(",grad_norm")
     val = (three_stages / "plots" / "stage3" / "val.csv").read_text().splitlines()
     assert val[0] == "epoch,stage,seg_miou,det_map50,cls_top1"
     assert [row.split(",")[0] for row in val[1:]] == ["5", "6"]  # global epochs
@@ -90,6 +91,7 @@ def test_stage1_reads_no_strategy(tiny_mini: Path, tmp_path: Path) -> None:
         ({"train": {"precision": "fp16"}}, r"train\.precision must be one of fp32, bf16"),
         ({"train": {"backbone_lr": -1}}, r"train\.backbone_lr must be a number >= 0, got -1"),
         ({"model": {"batchnorm": "sync"}}, r"model\.batchnorm must be one of frozen, train"),
+        ({"train": {"clip_grad_norm": 0}}, r"train\.clip_grad_norm must be null or a positive"),
     ],
 )
 def test_bad_stage_params_are_named(

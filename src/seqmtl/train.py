@@ -65,6 +65,15 @@ def check_precision(value: Any) -> bool:
     return value == "bf16"
 
 
+def check_max_norm(value: Any) -> float | None:
+    """`train.clip_grad_norm`: None (no clipping) or a positive number, else a ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"train.clip_grad_norm must be null or a positive number, got {value!r}")
+    return float(value)
+
+
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, steps: int, warmup: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -108,12 +117,15 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     mixed: bool,
+    max_norm: float | None,
 ) -> tuple[dict[str, float], float, int]:
-    """One pass over `loader`: the mean of every loss component over the steps, the seconds spent
-    waiting for data, and the number of images seen."""
+    """One pass over `loader`: the mean of every loss component and of the model's gradient norm
+    (before clipping it to `max_norm`, where given) over the steps, the seconds spent waiting for
+    data, and the number of images seen."""
     ctx.model.train()
     sums: dict[str, float] = defaultdict(float)
     data_time, images_seen = 0.0, 0
+    trainable = [p for p in ctx.model.parameters() if p.requires_grad]
     fetched = time.perf_counter()
     for images, targets in loader:
         data_time += time.perf_counter() - fetched
@@ -121,6 +133,8 @@ def train_one_epoch(
         with torch.autocast(ctx.device.type, torch.bfloat16, enabled=mixed):
             losses = strategy.losses(ctx, images, targets)
         strategy.backward(ctx, losses)
+        norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm or math.inf)
+        sums["grad_norm"] += norm.item() / len(loader)
         optimizer.step()
         scheduler.step()
         ctx.step += 1
@@ -195,6 +209,7 @@ def train_stage(
     strategy.before_stage(ctx)
 
     optimizer = build_optimizer(model, strategy, float(cfg["lr"]), train_cfg)
+    max_norm = check_max_norm(train_cfg.get("clip_grad_norm"))
     epochs = int(cfg["epochs"])
     scheduler = warmup_cosine(optimizer, epochs * len(loader), float(train_cfg["warmup"]))
     first_epoch = (
@@ -210,7 +225,7 @@ def train_stage(
         for epoch in (bar := tqdm(range(1, epochs + 1), desc=f"{name} {task}", unit="epoch")):
             start = time.perf_counter()
             sums, waited, seen_now = train_one_epoch(
-                ctx, strategy, loader, optimizer, scheduler, mixed
+                ctx, strategy, loader, optimizer, scheduler, mixed, max_norm
             )
             train_time += time.perf_counter() - start
             data_time += waited
