@@ -1,6 +1,7 @@
 # make repro: set up .venv (once, again when pyproject.toml changes) and run the pipeline.
 # make test:  the same setup, then the test suite.
-# make check-repro: reproduce and compare with the committed results.
+# make check-repro: reproduce and compare with the committed results (exact: one machine).
+# make tolerance: measure the reproduction tolerances under perturbed rounding.
 # make sweep: every strategy x seed as DVC experiments (README, "Sweeps"), then the comparison.
 # make real MIRROR=folder: one experiment on the real data with the real-data profile.
 VENV := .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 # dvc runs each stage's `python` from PATH: put the project's environment first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test check-repro real sweep
+.PHONY: install repro test check-repro tolerance real sweep
 
 install: $(STAMP)
 
@@ -28,7 +29,10 @@ test: $(STAMP)
 
 # Reproduce the pipeline and compare every deterministic metric with the committed results.
 check-repro: $(STAMP)
-	$(BIN)/python -m seqmtl.check --base HEAD
+	$(BIN)/python -m seqmtl.check --base HEAD --exact
+
+tolerance: $(STAMP)
+	$(BIN)/python -m seqmtl.tolerance
 
 # The real-data profile (README, "Real data"): per-stage image sizes, epochs and learning rates
 # chosen by measurement on the real mirror; the archives from MIRROR (a folder or URL) when given,

@@ -1,0 +1,86 @@
+"""The reproduction check's comparison rules and the tolerance measurement's arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from seqmtl.check import checked_metrics, is_checked, metric_differences
+from seqmtl.tolerance import FLOOR, spread
+
+
+def change(old: object, new: object) -> dict:
+    return {"old": old, "new": new}
+
+
+DIFF = {
+    "metrics/stage1.json": {
+        "final.seg.miou": change(0.5, 0.51),
+        "final.seg.pixel_acc": change(0.8, 0.2),  # secondary: shown only
+    },
+    "metrics/eval.json": {
+        "tasks.seg.vs_baseline.verdict": change("pass", "fail"),
+        "tasks.det.vs_baseline.verdict": change("pass", "fail"),
+        "bwt": change(-0.1, -0.1004),
+    },
+    "metrics/gradients.json": {"snapshots.epoch_004.tasks.seg.noise_scale": change(5.0, 500.0)},
+    "metrics/stage1_time.json": {"train_seconds": change(10.0, 99.0)},
+}
+TOLERANCES = {
+    "metrics/stage1.json:final.seg.miou": {"spread": 0.004, "tolerance": 0.012},
+    "metrics/eval.json:tasks.seg.vs_baseline.verdict": {"stable": True},
+    "metrics/eval.json:tasks.det.vs_baseline.verdict": {"varies": True},
+}
+
+
+def test_checked_metrics_are_the_primary_and_forgetting_ones() -> None:
+    assert is_checked("metrics/stage2.json", "final.det.map50")
+    assert is_checked("metrics/reference_cls.json", "final.cls.top1")
+    assert is_checked("metrics/eval.json", "matrix.stage3.seg")
+    assert is_checked("metrics/eval.json", "tasks.cls.vs_reference.verdict")
+    assert not is_checked("metrics/stage2.json", "final.det.precision")
+    assert not is_checked("metrics/gradients.json", "snapshots.epoch_004.tasks.seg.noise_scale")
+
+
+def test_measured_tolerances() -> None:
+    failures = metric_differences(DIFF, TOLERANCES)
+    # seg mIoU moved 0.01 within its 0.012; the stable verdict flipped; the varying one is
+    # shown only; bwt has no measurement, so it must match exactly; the rest is not checked
+    assert failures == [
+        "metrics/eval.json: bwt: committed -0.1, reproduced -0.1004",
+        "metrics/eval.json: tasks.seg.vs_baseline.verdict: committed 'pass', reproduced 'fail'",
+    ]
+
+
+def test_exact_mode_compares_everything_but_timing() -> None:
+    failures = metric_differences(DIFF, None)
+    assert len(failures) == 6 and not any("_time.json" in f for f in failures)
+
+
+def test_spread_and_tolerance_arithmetic() -> None:
+    assert spread([0.5, 0.52, 0.51], "metrics/stage1.json:final.seg.miou", 3) == {
+        "spread": 0.02,
+        "tolerance": 0.06,
+    }
+    assert spread([0.5, 0.5], "metrics/eval.json:bwt", 3)["tolerance"] == FLOOR
+    assert spread(["pass", "pass"], "k", 3) == {"stable": True}
+    assert spread(["pass", "fail"], "k", 3) == {"varies": True}
+    grads = spread([10.0, 1000.0], "metrics/gradients.json:x", 3)
+    assert grads == {"log10_spread": pytest.approx(2.0)}
+    assert spread([0.0, 1.0], "metrics/gradients.json:x", 3) == {"log10_spread": None}
+    assert math.isclose(spread([1, 2], "metrics/eval.json:bwt", 2)["tolerance"], 2.0)
+
+
+def test_checked_metrics_of_a_run(tmp_path: Path) -> None:
+    (tmp_path / "metrics").mkdir()
+    stage = {"final": {"seg": {"miou": 0.4, "pixel_acc": 0.9}}, "task": "seg"}
+    (tmp_path / "metrics" / "stage1.json").write_text(json.dumps(stage))
+    gradients = {"snapshots": {"e": {"noise_scale": 3.0, "strategy": "naive", "list": [1]}}}
+    (tmp_path / "metrics" / "gradients.json").write_text(json.dumps(gradients))
+    assert checked_metrics(tmp_path) == {
+        "metrics/gradients.json:snapshots.e.noise_scale": 3.0,
+        "metrics/stage1.json:final.seg.miou": 0.4,
+    }
