@@ -42,7 +42,7 @@ REAL = -S data.source=download $(if $(MIRROR),-S data.mirror=$(if $(findstring :
   -S stage1.image_size=256 -S stage1.epochs=16 -S stage1.lr=0.002 \
   -S stage2.image_size=320 -S stage2.epochs=16 -S stage2.lr=0.0005 \
   -S stage3.image_size=160 -S stage3.epochs=10 -S stage3.lr=0.0005 \
-  -S gradients.images=80
+  -S train.checkpoint_every=4 -S gradients.images=80
 PROFILE ?=
 PROFILE_SET = $(if $(filter real,$(PROFILE)),$(REAL))
 real: $(STAMP)
