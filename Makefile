@@ -25,7 +25,7 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=10
 
 # Reproduce the pipeline and compare every deterministic metric with the committed results.
 check-repro: $(STAMP)

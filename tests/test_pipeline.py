@@ -90,11 +90,15 @@ def test_reproduction_check_passes_then_catches_a_changed_seed(repo: Path) -> No
     run(repo, "dvc", "repro")
     run(repo, "git", "add", "-A")
     run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
-    assert "Reproduction check passed" in run(repo, sys.executable, "-m", "seqmtl.check")
+    assert "Reproduction check passed" in run(repo, sys.executable, "-m", "seqmtl.check", "--exact")
     set_params(repo, {"seed": 1})
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(
-        [sys.executable, "-m", "seqmtl.check"], cwd=repo, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "seqmtl.check", "--exact"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Reproduction check FAILED" in result.stdout
