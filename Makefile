@@ -4,13 +4,14 @@
 # make tolerance: measure the reproduction tolerances under perturbed rounding.
 # make sweep: every strategy x seed as DVC experiments (README, "Sweeps"), then the comparison.
 # make real MIRROR=folder: one experiment on the real data with the real-data profile.
+# make compare: the comparison of finished experiments (NAME, PROFILE, REV as for make sweep).
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # dvc runs each stage's `python` from PATH: put the project's environment first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test check-repro tolerance real sweep
+.PHONY: install repro test check-repro tolerance real sweep compare
 
 install: $(STAMP)
 
@@ -66,4 +67,9 @@ sweep: $(STAMP)
 	  $(BIN)/dvc exp run --queue $(PROFILE_SET) $(SET) -S seed=$$seed -S strategy=$$strategy; \
 	  done; done
 	$(BIN)/dvc queue start -j $(JOBS) && $(WAIT)
-	$(BIN)/python -m seqmtl.compare --name $(NAME) $(PROFILE_SET) $(SET)
+	$(MAKE) --no-print-directory compare
+
+# The comparison of the finished experiments queued on REV (default HEAD) with these settings.
+REV ?=
+compare: $(STAMP)
+	$(BIN)/python -m seqmtl.compare --name $(NAME) $(if $(REV),--rev $(REV)) $(PROFILE_SET) $(SET)
