@@ -92,12 +92,12 @@ def is_checked(path: str, key: str) -> bool:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}, as `dvc metrics` names nested values (lists left out)."""
+    """{"a": {"b": 1}} -> {"a.b": 1}, as DVC names nested metrics and params."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
             flat |= flatten(value, f"{prefix}{key}.")
-        elif not isinstance(value, list):
+        else:
             flat[f"{prefix}{key}"] = value
     return flat
 

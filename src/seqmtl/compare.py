@@ -39,7 +39,7 @@ import yaml
 from matplotlib.figure import Figure
 from scipy.stats import false_discovery_control, ttest_rel
 
-from seqmtl.check import dvc
+from seqmtl.check import dvc, flatten
 from seqmtl.data import TASKS
 from seqmtl.files import atomic_file, save_png, write_json
 
@@ -47,17 +47,6 @@ ALPHA = 0.05
 VARIED = ("strategy", "seed", "data.mirror")
 
 Run = dict[str, Any]
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def read_runs(exp_show: list[dict[str, Any]]) -> list[Run]:
