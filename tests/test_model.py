@@ -52,3 +52,16 @@ def test_classification_is_the_pooled_cls_channels() -> None:
         maps = model.head(model.trunk(x))
         out = model(x)
     torch.testing.assert_close(out["cls"], maps[:, -10:].mean((2, 3)))
+
+
+def test_zero_task_output_starts_that_task_at_its_bias() -> None:
+    model = UnifiedModel(COUNTS, "mobilenet_v3_small", pretrained=False).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        model.zero_task_output("det")
+        after = model(x)
+    bias = model.head.out.bias[21 : 21 + 15]
+    torch.testing.assert_close(after["det"], bias.expand_as(after["det"]))
+    for task in ("seg", "cls"):
+        assert torch.equal(after[task], before[task]), task

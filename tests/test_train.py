@@ -77,6 +77,28 @@ def test_same_params_give_identical_metrics(
         assert (tmp_path / name).read_bytes() == (three_stages / name).read_bytes(), name
 
 
+def test_a_task_starting_on_a_trained_trunk_starts_at_zero_output_weights(
+    three_stages: Path, tiny_mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = {}
+
+    def spy(model: torch.nn.Module, *args: object) -> torch.optim.Optimizer:
+        start["out"] = model.head.out.weight.detach().clone()
+        return build_optimizer(model, *args)
+
+    monkeypatch.setattr(seqmtl.train, "build_optimizer", spy)
+    (tmp_path / "checkpoints").mkdir()
+    stage1 = three_stages / "checkpoints" / "stage1.pt"
+    (tmp_path / "checkpoints" / "stage1.pt").write_bytes(stage1.read_bytes())
+    train_stage(2, params(), paths(tmp_path, tiny_mini, 2))
+    trained = torch.load(stage1, weights_only=True)["model"]["head.out.weight"]
+    seg = class_names(tiny_mini)["seg"]
+    det = slice(len(seg), len(seg) + 5 + len(class_names(tiny_mini)["det"]))
+    assert start["out"][det].abs().sum() == 0
+    assert torch.equal(start["out"][: det.start], trained[: det.start])
+    assert torch.equal(start["out"][det.stop :], trained[det.stop :])
+
+
 def test_stage1_reads_no_strategy(tiny_mini: Path, tmp_path: Path) -> None:
     metrics = train_stage(1, params(strategy="no-such-thing"), paths(tmp_path, tiny_mini, 1))
     assert metrics["strategy"] == "naive"

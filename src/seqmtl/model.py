@@ -11,11 +11,13 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterator
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
 from seqmtl.backbones import Backbone, build_backbone
+from seqmtl.data import TASKS
 
 STRIDE = 8
 DET_PRIOR = 0.01
@@ -83,6 +85,17 @@ class UnifiedModel(nn.Module):
         # RetinaNet and FCOS), so the focal loss does not begin by shouting at every location.
         det = slice(self.splits[0] + 4, self.splits[0] + self.splits[1])
         nn.init.constant_(self.head.out.bias[det], -math.log((1 - DET_PRIOR) / DET_PRIOR))
+
+    def zero_task_output(self, task: str) -> None:
+        """Zero the head's output weights of `task`'s channels (their biases stay), so its first
+        outputs are the prior. For a task that starts on a trunk trained for another: that
+        trunk's features are far larger than a fresh one's, and random output weights on them
+        start the task far from its prior, with a loss and gradient spike that rewrites the
+        shared layers (see the README, "Starting a new task")."""
+        index = TASKS.index(task)
+        start = sum(self.splits[:index])
+        with torch.no_grad():
+            self.head.out.weight[start : start + self.splits[index]] = 0.0
 
     def shared_layer(self) -> nn.Module:
         """The last layer all tasks share before their channels part (GradNorm's W)."""

@@ -20,7 +20,7 @@ from seqmtl.checkpoints import model_factory
 from seqmtl.data import TASKS, TaskDataset, build_dataset, collate, task_image_sizes
 from seqmtl.files import atomic_dir, atomic_file, write_json
 from seqmtl.logs import write_csv
-from seqmtl.model import backbone_parameters
+from seqmtl.model import UnifiedModel, backbone_parameters
 from seqmtl.runtime import peak_memory_mb, resolve_device, seed_everything
 from seqmtl.strategies import StageContext, Strategy, build_strategy, total
 from seqmtl.tasks import build_tasks, evaluate_all
@@ -176,6 +176,8 @@ def train_stage(
         if previous["strategy"] == strategy_name:
             strategy.load_state_dict(previous["strategy_state"])
     model = strategy.load_model(model_factory(params, paths.mini, seed), previous, seen)
+    if previous is not None and isinstance(model, UnifiedModel):
+        model.zero_task_output(task)
     model.to(device)
     seed_everything(seed + stage)
 
