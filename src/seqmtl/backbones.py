@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -90,10 +91,20 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=1e-3)
 
 
-class _Conv2dSame(nn.Conv2d):
-    """Conv2d with TensorFlow "SAME" padding from the actual input size (asymmetric at stride 2)."""
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding from the actual input size. Where that padding is
+    symmetric whatever the size (stride 1, odd kernels) it is the convolution's own padding;
+    otherwise (asymmetric at stride 2) an `F.pad` per call."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.symmetric = self.stride == (1, 1) and all(k % 2 == 1 for k in self.kernel_size)
+        if self.symmetric:
+            self.padding = tuple(k // 2 for k in self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.symmetric:
+            return super().forward(x)
         pads: list[int] = []
         for size, k, s in zip(
             x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1], strict=True
@@ -113,7 +124,7 @@ class _MBConv(nn.Module):
         if expand != 1:
             self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
             self._bn0 = _bn(mid)
-        self._depthwise_conv = _Conv2dSame(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride, groups=mid, bias=False)
         self._bn1 = _bn(mid)
         self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
         self._bn2 = _bn(cout)
@@ -130,7 +141,7 @@ class EfficientNetLite0(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._conv_stem = _Conv2dSame(3, 32, 3, 2, bias=False)
+        self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
         self._bn0 = _bn(32)
         blocks, cin = [], 32
         for repeats, kernel, stride, expand, cout in _LITE0_STAGES:

@@ -1,95 +1,63 @@
-"""Benchmark: parameters, inference latency, training throughput and the data path, per backbone.
+"""Benchmark: inference and training speed per backbone, timed so that machine noise cancels.
 
-    python -m seqmtl.bench [--backbones efficientnet_lite0 mobilenet_v3_small] [--size 96]
+    python -m seqmtl.bench [--backbones ...] [--rounds 30] [--out metrics/benchmark.json]
 
-Per backbone it prints the parameter count of the whole model; the inference time of one 512 x 512
-image (batch 1, median of `--repeats` runs after warm-up); the training images/s of each task's
-step (data loading, forward, loss, backward, AdamW step) at `--size` next to the bare backbone's
-forward + backward images/s at the same size, so that the data path and head overhead show as a
-ratio; and peak memory. It also times one epoch of the data path with the decoded-image cache
-against decoding every JPEG again. Data: `--mini` (e.g. data/mini), else a seeded synthetic set
-generated in a temporary folder.
+What is compared is timed interleaved in one process: every round runs each variant once, in an
+order rotated by one each round, so a slow spell of a shared machine hits every variant alike.
+Each time is reported as the median and the 10th and 90th percentiles over the rounds, and each
+comparison as the median of the per-round ratios. Per backbone:
+- inference of one 512 x 512 image (batch 1, eval mode, every task's outputs, no detection
+  decoding): the bare backbone's features and the whole model, both as `for_inference` copies,
+  and the whole model as trained ("eager");
+- training, per task at its `--sizes` side (the real-data profile's by default): one full step
+  (data, forward, loss, backward, clipping, AdamW; `seqmtl.train.train_step`) against the bare
+  backbone's forward + backward on a batch of the same shape;
+and once: one epoch of the data path (cls train samples) from the decoded-image cache against
+decoding every JPEG again. The CPU model, thread count and torch version go with the figures.
+Data: `--mini` (e.g. data/mini), else a seeded synthetic set generated in a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from seqmtl.backbones import BACKBONES
 from seqmtl.data import TASKS, TaskDataset, build_dataset, class_names, collate
+from seqmtl.files import write_json
 from seqmtl.model import UnifiedModel
-from seqmtl.runtime import peak_memory_mb, resolve_device
+from seqmtl.runtime import machine, resolve_device
+from seqmtl.strategies import StageContext, build_strategy
 from seqmtl.subsample import subsample
 from seqmtl.synthetic import COCO_FIRST_TEN, generate
 from seqmtl.tasks import build_tasks
+from seqmtl.timing import first_backbone, inference_timings, interleaved, ratio, summary
+from seqmtl.train import train_step
+
+REAL_SIZES = {"seg": 256, "det": 320, "cls": 160}  # the real-data profile's (Makefile, REAL)
 
 
-def median_seconds(
-    fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 3
-) -> float:
-    """Median wall time of `fn()` over `repeats` runs after `warmup` runs, with `device`
-    synchronised around each run when it is a GPU."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-@torch.no_grad()
-def inference_ms(model: torch.nn.Module, device: torch.device, size: int, repeats: int) -> float:
-    """Median ms of one forward pass of a (1, 3, size, size) image in eval mode."""
-    model.eval()
-    x = torch.rand(1, 3, size, size, device=device)
-    return 1000 * median_seconds(lambda: model(x), repeats, device)
-
-
-def backbone_images_per_second(
-    model: UnifiedModel, device: torch.device, size: int, batch: int, steps: int
-) -> float:
-    """Images/s of the bare backbone's forward + backward on random batches."""
-    backbone = model.trunk.backbone.train()
-    x = torch.rand(batch, 3, size, size, device=device)
-
-    def step() -> None:
-        backbone.zero_grad(set_to_none=True)
-        torch.stack([f.mean() for f in backbone(x)]).sum().backward()
-
-    return batch / median_seconds(step, steps, device)
-
-
-def task_images_per_second(
+def training_timings(
     model: UnifiedModel, mini: Path, task: str, device: torch.device, size: int, batch: int,
-    steps: int,
-) -> float:  # fmt: skip
-    """Images/s of full training steps of `task`, data loading included."""
+    rounds: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Interleaved times of a full training step of `task` (naive, data loading included) and of
+    the bare backbone's forward + backward on a batch of the same shape, with images/s."""
+    data = build_dataset(mini, task, "train", size, train=True)
+    loader = DataLoader(data, batch, shuffle=True, drop_last=True, collate_fn=collate)
     tasks = build_tasks(model.num_classes, 0.5)
-    loader = DataLoader(
-        build_dataset(mini, task, "train", size, train=True),
-        batch_size=batch, shuffle=True, drop_last=True, collate_fn=collate,
-    )  # fmt: skip
+    ctx = StageContext(model, tasks, task, [], device, 0, batch, lambda _: data)
+    strategy = build_strategy("naive", {})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model.train()
     batches = iter(())
+    backbone = first_backbone(model)
+    x = torch.rand(batch, 3, size, size, device=device)
 
     def step() -> None:
         nonlocal batches
@@ -98,72 +66,116 @@ def task_images_per_second(
         except StopIteration:
             batches = iter(loader)
             images, targets = next(batches)
-        optimizer.zero_grad(set_to_none=True)
-        losses = tasks[task].loss(model(images.to(device)), targets, size)
-        torch.stack(list(losses.values())).sum().backward()
-        optimizer.step()
+        train_step(ctx, strategy, images, targets, optimizer, False, 10.0)
 
-    return batch / median_seconds(step, steps, device)
+    def bare() -> None:
+        backbone.zero_grad(set_to_none=True)
+        torch.stack([f.mean() for f in backbone(x)]).sum().backward()
+
+    model.train()
+    times = interleaved({"step": step, "backbone": bare}, rounds, device)
+    return {
+        "image_size": size,
+        "batch_size": batch,
+        "rounds": rounds,
+        "step": summary(times["step"]),
+        "backbone": summary(times["backbone"]),
+        "step_images_per_second": round(batch / statistics.median(times["step"]), 2),
+        "backbone_images_per_second": round(batch / statistics.median(times["backbone"]), 2),
+        "step_vs_backbone_speed": ratio(times, "backbone", "step"),
+    }
 
 
-def data_epoch_seconds(mini: Path, size: int) -> tuple[float, float]:
-    """Seconds for one epoch of augmented classification samples: (from the decoded-image cache,
-    decoding and resizing every JPEG again first, as an uncached reader does every epoch)."""
+def data_path_timings(mini: Path, size: int, rounds: int) -> dict[str, Any]:
+    """Interleaved times of one epoch of augmented cls train samples: from the decoded-image
+    cache, and building the dataset again (decoding and resizing every JPEG) first."""
 
     def epoch(dataset: TaskDataset) -> None:
         for i in range(len(dataset)):
             dataset[i]
 
-    dataset = build_dataset(mini, "cls", "train", size, train=True)
-    cached = median_seconds(lambda: epoch(dataset), 3, torch.device("cpu"), warmup=1)
-    uncached = median_seconds(
-        lambda: epoch(build_dataset(mini, "cls", "train", size, train=True)),
-        3,
+    cached = build_dataset(mini, "cls", "train", size, train=True)
+    times = interleaved(
+        {
+            "cached": lambda: epoch(cached),
+            "decoding": lambda: epoch(build_dataset(mini, "cls", "train", size, train=True)),
+        },
+        rounds,
         torch.device("cpu"),
         warmup=1,
     )
-    return cached, uncached
+    return {"image_size": size, "images": len(cached)} | {k: summary(t) for k, t in times.items()}
+
+
+def parse_sizes(items: list[str]) -> dict[str, int]:
+    """{"seg": 256, ...} from ["seg=256", ...]; every task must be given, as a positive int."""
+    sizes = dict(item.split("=", 1) for item in items if "=" in item)
+    valid = all(v.isdigit() and int(v) > 0 for v in sizes.values())
+    if sorted(sizes) != sorted(TASKS) or not valid:
+        raise SystemExit(f"--sizes: expected {' '.join(f'{t}=SIDE' for t in TASKS)}, got {items}")
+    return {t: int(v) for t, v in sizes.items()}
+
+
+def benchmark(
+    mini: Path, backbones: list[str], sizes: dict[str, int], batch: int, rounds: int,
+    train_rounds: int, device: torch.device,
+) -> dict[str, Any]:  # fmt: skip
+    """Every figure of the module docstring, printed as measured and returned as a dict."""
+    result: dict[str, Any] = {"machine": machine(device), "backbones": {}}
+    result["data_path"] = data_path_timings(mini, sizes["cls"], 5)
+    print(f"machine: {result['machine']}\ndata path: {result['data_path']}")
+    counts = {t: len(names) for t, names in class_names(mini).items()}
+    for name in backbones:
+        pretrained = name == "efficientnet_lite0"  # the only weights available offline
+        model = UnifiedModel(counts, name, pretrained).to(device)
+        entry: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters())}
+        entry["inference"] = inference_timings(model, device, 512, rounds)
+        print(f"\n{name}: {entry['parameters'] / 1e6:.2f} M parameters")
+        inf = entry["inference"]
+        for variant in ("backbone", "model", "eager"):
+            t = inf[variant]
+            print(f"  inference 512x512, {variant:8s}: median {t['median_ms']:6.1f} ms "
+                  f"(p10 {t['p10_ms']:.1f}, p90 {t['p90_ms']:.1f})")  # fmt: skip
+        print(f"  model / backbone {inf['model_vs_backbone']:.3f}, "
+              f"model / eager {inf['model_vs_eager']:.3f}")  # fmt: skip
+        entry["training"] = {}
+        for task in TASKS:
+            t = training_timings(model, mini, task, device, sizes[task], batch, train_rounds)
+            entry["training"][task] = t
+            print(f"  {task} training step at {sizes[task]} px: {t['step_images_per_second']:.1f}"
+                  f" images/s, backbone fwd+bwd {t['backbone_images_per_second']:.1f}: "
+                  f"{t['step_vs_backbone_speed']:.2f} x")  # fmt: skip
+        result["backbones"][name] = entry
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbones", nargs="+", default=sorted(BACKBONES))
-    parser.add_argument("--size", type=int, default=96, help="training image side")
+    real = [f"{t}={s}" for t, s in REAL_SIZES.items()]
+    parser.add_argument("--sizes", nargs="+", default=real, help="training side per task")
     parser.add_argument("--batch", type=int, default=8, help="training batch size")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per task")
-    parser.add_argument("--repeats", type=int, default=20, help="timed inference runs")
+    parser.add_argument("--rounds", type=int, default=30, help="inference rounds")
+    parser.add_argument("--train-rounds", type=int, default=10, help="training rounds per task")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--mini", type=Path, help="mini datasets to use (default: generated)")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
+    sizes = parse_sizes(args.sizes)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    print(f"device {device} | threads {torch.get_num_threads()} | {platform.processor() or '?'}"
-          f" | torch {torch.__version__}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         mini = args.mini
         if mini is None:
             mini = Path(tmp) / "mini"
             generate(Path(tmp) / "raw", seed=0, n_train=64, n_val=8, size=160)
             subsample(Path(tmp) / "raw", mini, 0, 64, 8, list(COCO_FIRST_TEN))
-        counts = {t: len(names) for t, names in class_names(mini).items()}
-        cached, uncached = data_epoch_seconds(mini, args.size)
-        print(f"data path, one epoch of cls train images at {args.size} px: {cached:.3f} s from "
-              f"the decoded cache, {uncached:.3f} s decoding the JPEGs again")  # fmt: skip
-        for name in args.backbones:
-            pretrained = name == "efficientnet_lite0"  # the only weights available offline
-            model = UnifiedModel(counts, name, pretrained).to(device)
-            params = sum(p.numel() for p in model.parameters())
-            latency = inference_ms(model, device, 512, args.repeats)
-            bare = backbone_images_per_second(model, device, args.size, args.batch, args.steps)
-            print(f"\n{name}: {params / 1e6:.2f} M parameters, {latency:.1f} ms per 512x512 "
-                  f"image (batch 1, median of {args.repeats})")  # fmt: skip
-            print(f"  bare backbone forward+backward: {bare:.1f} images/s at {args.size} px")
-            for task in TASKS:
-                ips = task_images_per_second(
-                    model, mini, task, device, args.size, args.batch, args.steps
-                )
-                print(f"  {task} training step: {ips:.1f} images/s ({ips / bare:.2f} x backbone)")
-            print(f"  peak memory so far: {peak_memory_mb(device):.0f} MB")
+        result = benchmark(
+            mini, args.backbones, sizes, args.batch, args.rounds, args.train_rounds, device
+        )
+    if args.out:
+        write_json(args.out, result)
+        print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

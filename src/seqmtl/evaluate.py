@@ -34,10 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from seqmtl.bench import inference_ms
 from seqmtl.data import TASKS
-from seqmtl.runtime import peak_memory_mb
+from seqmtl.runtime import machine, peak_memory_mb
 from seqmtl.tasks import Classification, Detection, Segmentation
+from seqmtl.timing import inference_timings
 
 PRIMARY = {task.name: task.primary for task in (Segmentation, Detection, Classification)}
 METRIC_NAME = {"miou": "mIoU", "map50": "mAP@.5", "top1": "top-1"}
@@ -185,19 +185,15 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def inference_efficiency(
-    model: nn.Module, device: torch.device, image_size: int, repeats: int
+    model: nn.Module, device: torch.device, image_size: int, rounds: int
 ) -> dict[str, Any]:
-    """Median ms per forward pass of one image_size x image_size image (batch 1, eval mode, every
-    task's outputs, no detection decoding) over `repeats` runs after warm-up, on `device`, with the
-    thread count and the peak memory (GPU allocated on cuda, else the process's peak RSS)."""
-    ms = inference_ms(model.to(device), device, image_size, repeats)
-    return {
-        "ms_per_image": round(ms, 2),
-        "image_size": image_size,
-        "batch_size": 1,
-        "repeats": repeats,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
+    """The final model's inference at image_size x image_size, batch 1, every task's outputs and
+    no detection decoding: `seqmtl.timing.inference_timings` over `rounds` interleaved rounds (its
+    inference copy, that copy's bare backbone, the model as trained), with the machine and the
+    peak memory (GPU allocated on cuda, else the process's peak RSS)."""
+    timings = inference_timings(model.to(device), device, image_size, rounds)
+    return timings | {
+        "machine": machine(device),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
     }
 

@@ -38,6 +38,14 @@ def verdict_text(comparison: dict[str, Any]) -> str:
     return f"**{comparison['verdict']}**"
 
 
+def machine_line(machine: dict[str, Any]) -> str:
+    """ "cpu, 2 threads, AMD EPYC (AVX512)" or "cuda, NVIDIA …" from `seqmtl.runtime.machine`."""
+    if machine["gpu"]:
+        return f"{machine['device']}, {machine['gpu']}"
+    return (f"{machine['device']}, {machine['threads']} threads, {machine['processor']} "
+            f"({machine['cpu_capability']})")  # fmt: skip
+
+
 def findings(evaluation: dict[str, Any]) -> list[str]:
     """Sentences on what the verdicts alone would hide: tasks never learned, tasks forgotten down to
     chance, references that learned nothing."""
@@ -103,10 +111,14 @@ def render_report(
         ["Parameters", f"{evaluation['parameters'] / 1e6:.2f} M ({evaluation['parameters']:,})"],
         [
             "Inference",
-            f"{inference['ms_per_image']:.1f} ms per {inference['image_size']}x"
-            f"{inference['image_size']} image (median of {inference['repeats']} runs after "
-            f"warm-up, batch {inference['batch_size']}, {inference['device']}, "
-            f"{inference['threads']} threads; every task's outputs, no detection decoding)",
+            f"{inference['model']['median_ms']:.1f} ms per {inference['image_size']}x"
+            f"{inference['image_size']} image (median; 10th to 90th percentile "
+            f"{inference['model']['p10_ms']:.1f} to {inference['model']['p90_ms']:.1f} ms over "
+            f"{inference['rounds']} rounds; batch {inference['batch_size']}, every task's "
+            f"outputs, no detection decoding; channels_last inference copy), "
+            f"{inference['model_vs_backbone']:.2f} x its bare backbone's features timed in the "
+            f"same rounds; the model as trained {inference['eager']['median_ms']:.1f} ms "
+            f"({machine_line(inference['machine'])})",
         ],
         [
             "Training time",

@@ -1,10 +1,13 @@
-"""The process a stage runs in: seeding, the device, peak memory."""
+"""The process a stage runs in: seeding, the device, the machine, peak memory."""
 
 from __future__ import annotations
 
 import os
+import platform
 import random
 import resource
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,3 +38,26 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else the platform's processor."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """What a timing or a rounding difference depends on: the device (and GPU name), the CPU
+    model, its SIMD capability as torch uses it, the thread count and torch's version."""
+    return {
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "processor": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }

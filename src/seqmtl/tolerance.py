@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import torch
 
 from seqmtl.check import GRADIENTS, checked_metrics, dvc
 from seqmtl.files import write_json
+from seqmtl.runtime import machine
 
 PERTURBATIONS: dict[str, dict[str, str]] = {
     "native": {},
@@ -94,24 +94,9 @@ def measure(runs: list[str], margin: float) -> dict[str, Any]:
         "margin": margin,
         "floor": FLOOR,
         "perturbations": {name: PERTURBATIONS[name] for name in runs},
-        "machine": {
-            "processor": cpu_model(),
-            "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch": torch.__version__,
-        },
+        "machine": machine(torch.device("cpu")),
         "metrics": metrics,
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else the platform's processor."""
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -22,8 +22,8 @@ from seqmtl.files import atomic_dir, atomic_file, write_json
 from seqmtl.logs import write_csv
 from seqmtl.model import UnifiedModel, backbone_parameters
 from seqmtl.runtime import peak_memory_mb, resolve_device, seed_everything
-from seqmtl.strategies import StageContext, Strategy, build_strategy, total
-from seqmtl.tasks import build_tasks, evaluate_all
+from seqmtl.strategies import Losses, StageContext, Strategy, build_strategy, total
+from seqmtl.tasks import Targets, build_tasks, evaluate_all
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,28 @@ def build_optimizer(
     )
 
 
+def train_step(
+    ctx: StageContext,
+    strategy: Strategy,
+    images: Tensor,
+    targets: Targets,
+    optimizer: torch.optim.Optimizer,
+    mixed: bool,
+    max_norm: float | None,
+) -> tuple[Losses, float]:
+    """One update of the model from a batch of the new task: the strategy's losses and backward,
+    the gradient clipped to `max_norm` (where given), the optimiser's step. Returns the losses
+    and the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(ctx.device.type, torch.bfloat16, enabled=mixed):
+        losses = strategy.losses(ctx, images, targets)
+    strategy.backward(ctx, losses)
+    trainable = [p for p in ctx.model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm or math.inf)
+    optimizer.step()
+    return losses, norm.item()
+
+
 def train_one_epoch(
     ctx: StageContext,
     strategy: Strategy,
@@ -119,23 +141,17 @@ def train_one_epoch(
     mixed: bool,
     max_norm: float | None,
 ) -> tuple[dict[str, float], float, int]:
-    """One pass over `loader`: the mean of every loss component and of the model's gradient norm
-    (before clipping it to `max_norm`, where given) over the steps, the seconds spent waiting for
-    data, and the number of images seen."""
+    """One pass over `loader` of `train_step`s: the mean of every loss component and of the
+    model's gradient norm (before clipping) over the steps, the seconds spent waiting for data,
+    and the number of images seen."""
     ctx.model.train()
     sums: dict[str, float] = defaultdict(float)
     data_time, images_seen = 0.0, 0
-    trainable = [p for p in ctx.model.parameters() if p.requires_grad]
     fetched = time.perf_counter()
     for images, targets in loader:
         data_time += time.perf_counter() - fetched
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(ctx.device.type, torch.bfloat16, enabled=mixed):
-            losses = strategy.losses(ctx, images, targets)
-        strategy.backward(ctx, losses)
-        norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm or math.inf)
-        sums["grad_norm"] += norm.item() / len(loader)
-        optimizer.step()
+        losses, norm = train_step(ctx, strategy, images, targets, optimizer, mixed, max_norm)
+        sums["grad_norm"] += norm / len(loader)
         scheduler.step()
         ctx.step += 1
         images_seen += len(images)
