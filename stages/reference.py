@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 from seqmtl.data import TASKS
+from seqmtl.distributed import launch
 from seqmtl.stage import load_params, run
 from seqmtl.train import StagePaths, train_stage
 
 
 def main() -> None:
+    params = load_params()
+    launch(params)
     stage = int(sys.argv[1])
     name = f"reference_{TASKS[stage - 1]}"
     paths = StagePaths(
@@ -24,7 +27,7 @@ def main() -> None:
         timing=Path(f"metrics/{name}_time.json"),
         plots=Path(f"plots/{name}"),
     )
-    train_stage(stage, load_params(), paths, single_task=True)
+    train_stage(stage, params, paths, single_task=True)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@ Usage: python stages/train.py STAGE   (1 = segmentation, 2 = detection, 3 = clas
 import sys
 from pathlib import Path
 
+from seqmtl.distributed import launch
 from seqmtl.stage import load_params, run
 from seqmtl.train import StagePaths, train_stage
 
 
 def main() -> None:
+    params = load_params()
+    launch(params)
     stage = int(sys.argv[1])
     paths = StagePaths(
         mini=Path("data/mini"),
@@ -21,7 +24,7 @@ def main() -> None:
         timing=Path(f"metrics/stage{stage}_time.json"),
         plots=Path(f"plots/stage{stage}"),
     )
-    train_stage(stage, load_params(), paths)
+    train_stage(stage, params, paths)
 
 
 if __name__ == "__main__":

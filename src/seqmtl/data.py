@@ -158,9 +158,23 @@ class TaskDataset(Dataset):
         self.train = train
         self.cached = cache_side(size, train)
         self.images: Tensor = torch.empty(0, 3, self.cached, self.cached, dtype=torch.uint8)
+        self.transform: Callable | None = None
+        self.seed = 0
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def view(self, i: int, *inputs: Any) -> Any:
+        """`inputs` of sample i through `transform` (as they are without one). Its random draws
+        come from (seed, epoch, i) alone, so a sample's augmentation in an epoch does not depend
+        on the order in which samples are loaded, nor on the process that loads them."""
+        if self.transform is None:
+            return inputs if len(inputs) > 1 else inputs[0]
+        state = np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1, np.uint64)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(state[0]))
+            return self.transform(*inputs)
 
     def augment(self) -> Callable:
         """Random scale crop of the cached image resized to S, and flip, shared by all tasks
@@ -201,9 +215,7 @@ class SegDataset(TaskDataset):
         self.transform = self.augment() if train else None
 
     def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
-        image, mask = tv_tensors.Image(self.images[i]), tv_tensors.Mask(self.masks[i])
-        if self.transform is not None:
-            image, mask = self.transform(image, mask)
+        image, mask = self.view(i, tv_tensors.Image(self.images[i]), tv_tensors.Mask(self.masks[i]))
         return F.to_dtype(image, torch.float32, scale=True), {"mask": mask.long(), "index": i}
 
 
@@ -249,9 +261,7 @@ class DetDataset(TaskDataset):
         image = tv_tensors.Image(self.images[i])
         canvas = (self.cached, self.cached)
         boxes = tv_tensors.BoundingBoxes(self.boxes[i], format="XYXY", canvas_size=canvas)
-        target = {"boxes": boxes, "labels": self.labels[i]}
-        if self.transform is not None:
-            image, target = self.transform(image, target)
+        image, target = self.view(i, image, {"boxes": boxes, "labels": self.labels[i]})
         return F.to_dtype(image, torch.float32, scale=True), {
             "boxes": target["boxes"].as_subclass(Tensor),
             "labels": target["labels"],
@@ -277,9 +287,7 @@ class ClsDataset(TaskDataset):
         self.transform = self.augment() if train else None
 
     def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Any]]:
-        image = tv_tensors.Image(self.images[i])
-        if self.transform is not None:
-            image = self.transform(image)
+        image = self.view(i, tv_tensors.Image(self.images[i]))
         return F.to_dtype(image, torch.float32, scale=True), {"label": self.labels[i], "index": i}
 
 

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from seqmtl.checkpoints import model_factory
 from seqmtl.data import TASKS, TaskDataset, build_dataset, collate, task_image_sizes
+from seqmtl.distributed import average_, is_main, rank, setup, teardown, world_size
 from seqmtl.files import atomic_dir, atomic_file, write_json
 from seqmtl.logs import write_csv
 from seqmtl.model import UnifiedModel, backbone_parameters
@@ -120,12 +121,14 @@ def train_step(
     max_norm: float | None,
 ) -> tuple[Losses, float]:
     """One update of the model from a batch of the new task: the strategy's losses and backward,
-    the gradient clipped to `max_norm` (where given), the optimiser's step. Returns the losses
-    and the gradient norm before clipping."""
+    the gradients averaged over data-parallel processes (`seqmtl.distributed`), clipped to
+    `max_norm` (where given), the optimiser's step. Returns the losses and the gradient norm
+    before clipping."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(ctx.device.type, torch.bfloat16, enabled=mixed):
         losses = strategy.losses(ctx, images, targets)
     strategy.backward(ctx, losses)
+    average_(p.grad for group in optimizer.param_groups for p in group["params"])
     trainable = [p for p in ctx.model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm or math.inf)
     optimizer.step()
@@ -142,8 +145,8 @@ def train_one_epoch(
     max_norm: float | None,
 ) -> tuple[dict[str, float], float, int]:
     """One pass over `loader` of `train_step`s: the mean of every loss component and of the
-    model's gradient norm (before clipping) over the steps, the seconds spent waiting for data,
-    and the number of images seen."""
+    model's gradient norm (before clipping) over the steps and the processes, the seconds spent
+    waiting for data, and the number of images this process saw."""
     ctx.model.train()
     sums: dict[str, float] = defaultdict(float)
     data_time, images_seen = 0.0, 0
@@ -160,7 +163,9 @@ def train_one_epoch(
                 sums[f"{term}/{part}"] += value.item() / len(loader)
             sums[f"{term}/total"] += total(parts).item() / len(loader)
         fetched = time.perf_counter()
-    return dict(sums), data_time, images_seen
+    means = torch.tensor([sums[k] for k in sorted(sums)], dtype=torch.float64)
+    average_([means])
+    return dict(zip(sorted(sums), means.tolist(), strict=True)), data_time, images_seen
 
 
 def train_stage(
@@ -175,15 +180,35 @@ def train_stage(
     budget, naively, evaluating only that task, epochs counted from 1; it reads neither `strategy`
     nor another stage's params. With `paths.previous` None it starts, like stage 1, from the
     fresh initialisation (`model_factory` with the same seed).
+
+    Under torchrun (`train.processes` > 1, see `seqmtl.distributed`) each process trains on its
+    share of every batch; rank 0 alone evaluates and writes, the others return {}.
     """
+    check_stage_params(params[f"stage{stage}"], f"stage{stage}")
+    device = setup(resolve_device(params["device"]))
+    try:
+        return _train_stage(stage, params, paths, single_task, device)
+    finally:
+        teardown()
+
+
+def _train_stage(
+    stage: int, params: dict[str, Any], paths: StagePaths, single_task: bool, device: torch.device
+) -> dict[str, Any]:
+    """`train_stage` in this process, on `device`, one of `world_size()` data-parallel ones."""
     name = f"stage{stage}"
     cfg, train_cfg = params[name], params["train"]
-    check_stage_params(cfg, name)
-    mixed = check_precision(train_cfg["precision"])
     task = TASKS[stage - 1]
     seen = [task] if single_task else list(TASKS[:stage])
     seed = int(params["seed"])
-    device = resolve_device(params["device"])
+    mixed = check_precision(train_cfg["precision"])
+    world = world_size()
+    batch_size = int(cfg["batch_size"])
+    if batch_size % world:
+        raise ValueError(
+            f"{name}.batch_size ({batch_size}) must be divisible by the {world} processes "
+            "(train.processes): each takes an equal share of every batch"
+        )
     strategy_name = "naive" if stage == 1 or single_task else params["strategy"]
     strategy = build_strategy(strategy_name, params)
     previous = None
@@ -194,17 +219,24 @@ def train_stage(
     model = strategy.load_model(model_factory(params, paths.mini, seed), previous, seen)
     if previous is not None and isinstance(model, UnifiedModel):
         model.zero_task_output(task)
+    if world > 1 and params["model"]["batchnorm"] == "train":
+        if device.type != "cuda":
+            raise ValueError(
+                "model.batchnorm: train with train.processes > 1 needs SyncBatchNorm, which "
+                "runs on CUDA only; use model.batchnorm: frozen or one process"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     seed_everything(seed + stage)
 
     tasks = build_tasks(model.num_classes, float(train_cfg["score_threshold"]))
     sizes = task_image_sizes(params, seen)
-    batch_size = int(cfg["batch_size"])
     train_sets: dict[str, TaskDataset] = {}
 
     def train_data(t: str) -> TaskDataset:
         if t not in train_sets:
             train_sets[t] = build_dataset(paths.mini, t, "train", sizes[t], train=True)
+            train_sets[t].seed = seed + stage
         return train_sets[t]
 
     val_loaders = {
@@ -215,13 +247,15 @@ def train_stage(
         )
         for t in seen
     }
+    sampler = DistributedSampler(
+        train_data(task), world, rank(), shuffle=True, seed=seed + stage, drop_last=True
+    )
     loader = DataLoader(
         train_data(task),
-        batch_size=batch_size,
-        shuffle=True,
+        batch_size=batch_size // world,
+        sampler=sampler,
         drop_last=len(train_data(task)) > batch_size,
         collate_fn=collate,
-        generator=torch.Generator().manual_seed(seed + stage),
     )
     ctx = StageContext(model, tasks, task, seen[:-1], device, seed + stage, batch_size, train_data)
     strategy.before_stage(ctx)
@@ -238,34 +272,39 @@ def train_stage(
     scores: dict[str, dict[str, float]] = {}
     train_time = data_time = 0.0
     images_seen = 0
-    keep = atomic_dir(paths.snapshots) if paths.snapshots else contextlib.nullcontext(None)
+    keep = atomic_dir(paths.snapshots) if paths.snapshots and is_main() else nullcontext(None)
     with keep as snapshots:
         for epoch in (bar := tqdm(range(1, epochs + 1), desc=f"{name} {task}", unit="epoch")):
+            sampler.set_epoch(epoch)
+            for dataset in train_sets.values():
+                dataset.epoch = epoch
             start = time.perf_counter()
             sums, waited, seen_now = train_one_epoch(
                 ctx, strategy, loader, optimizer, scheduler, mixed, max_norm
             )
             train_time += time.perf_counter() - start
             data_time += waited
-            images_seen += seen_now
+            images_seen += seen_now * world
             global_epoch = first_epoch + epoch
             row = {"epoch": global_epoch, "stage": stage}
             train_rows.append(row | {k: round(v, 6) for k, v in sorted(sums.items())})
             bar.set_postfix({k: f"{v:.3f}" for k, v in sums.items() if k.endswith("/total")})
-            if epoch % int(train_cfg["eval_every"]) == 0 or epoch == epochs:
+            last = epoch == epochs
+            if is_main() and (epoch % int(train_cfg["eval_every"]) == 0 or last):
                 scores = evaluate_all(model, tasks, val_loaders, device)
                 primary = {f"{t}_{tasks[t].primary}": round(scores[t][tasks[t].primary], 6)
                            for t in seen}  # fmt: skip
                 val_rows.append(row | primary)
                 log.info("epoch %d: %s", global_epoch, primary)
-            if snapshots and (epoch % int(train_cfg["checkpoint_every"]) == 0 or epoch == epochs):
+            if snapshots and (epoch % int(train_cfg["checkpoint_every"]) == 0 or last):
                 torch.save(
                     {"model": model.state_dict(), "epoch": global_epoch, "tasks": seen,
                      "strategy": strategy_name},
                     snapshots / f"epoch_{global_epoch:03d}.pt",
                 )  # fmt: skip
     strategy.after_stage(ctx)
-
+    if not is_main():
+        return {}
     with atomic_file(paths.checkpoint, "wb") as handle:
         torch.save(
             {"model": model.state_dict(), "tasks": seen, "strategy": strategy_name,

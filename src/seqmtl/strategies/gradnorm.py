@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from seqmtl.distributed import average_
 from seqmtl.strategies.base import Losses, StageContext, register, total
 from seqmtl.strategies.replay import Replay
 
@@ -52,17 +53,19 @@ class GradNorm(Replay):
     def backward(self, ctx: StageContext, losses: Losses) -> None:
         names = list(losses)
         values = torch.stack([total(losses[n]) for n in names])
+        observed = values.detach().clone()
+        average_([observed])  # over data-parallel processes: the global batch's losses
         if self.weights is None:
-            self.start(ctx, names, values)
+            self.start(ctx, names, observed)
         ctx.log(**{f"w_{n}": w for n, w in zip(names, self.weights.tolist(), strict=True)})
         layer = ctx.model.shared_layer().weight
-        norms = torch.stack(
-            [torch.autograd.grad(v, layer, retain_graph=True)[0].norm() for v in values]
-        )
+        grads = [torch.autograd.grad(v, layer, retain_graph=True)[0] for v in values]
+        average_(grads)
+        norms = torch.stack([g.norm() for g in grads])
         (self.weights.detach() * values).sum().backward()
 
         grad_norms = self.weights * norms
-        ratios = values.detach() / self.initial
+        ratios = observed / self.initial
         target = (grad_norms.mean() * (ratios / ratios.mean()) ** self.alpha).detach()
         self.optimizer.zero_grad()
         (grad_norms - target).abs().sum().backward()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from seqmtl.distributed import average_
 from seqmtl.model import shared_parameters
 from seqmtl.strategies.base import Losses, StageContext, register, total
 from seqmtl.strategies.replay import Replay
@@ -55,6 +56,7 @@ class PCGrad(Replay):
                     for p, g in zip(params, grads, strict=True)
                 ]
             )
+        average_(g for grads in per_loss for g in grads)  # over data-parallel processes
         flat = torch.stack(
             [
                 torch.cat([g.flatten() for g, s in zip(grads, shared, strict=True) if s])
