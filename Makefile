@@ -4,6 +4,7 @@
 # make tolerance: measure the reproduction tolerances under perturbed rounding.
 # make sweep: every strategy x seed as DVC experiments (README, "Sweeps"), then the comparison.
 # make real MIRROR=folder: one experiment on the real data with the real-data profile.
+# make full GPUS=N: one experiment at full size on a GPU machine (N data-parallel processes).
 # make compare: the comparison of finished experiments (NAME, PROFILE, REV as for make sweep).
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 # dvc runs each stage's `python` from PATH: put the project's environment first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test check-repro tolerance real sweep compare
+.PHONY: install repro test check-repro tolerance real full sweep compare
 
 install: $(STAMP)
 
@@ -39,15 +40,28 @@ tolerance: $(STAMP)
 # chosen by measurement on the real mirror; the archives from MIRROR (a folder or URL) when given,
 # else from the official hosts. PROFILE=real adds it to a sweep.
 MIRROR ?=
-REAL = -S data.source=download $(if $(MIRROR),-S data.mirror=$(if $(findstring ://,$(MIRROR)),$(MIRROR),$(abspath $(MIRROR)))) \
+SOURCE = -S data.source=download $(if $(MIRROR),-S data.mirror=$(if $(findstring ://,$(MIRROR)),$(MIRROR),$(abspath $(MIRROR))))
+REAL = $(SOURCE) \
   -S stage1.image_size=256 -S stage1.epochs=16 -S stage1.lr=0.002 \
   -S stage2.image_size=320 -S stage2.epochs=16 -S stage2.lr=0.0005 \
   -S stage3.image_size=160 -S stage3.epochs=10 -S stage3.lr=0.0005 \
   -S train.checkpoint_every=4 -S gradients.images=80
+# The full-size profile for a GPU machine (README, "On a GPU, and at full size"): as many
+# images per task as VOC's segmentation splits allow, 512 px, GPUS data-parallel processes.
+# Unmeasured: no GPU run has measured its metrics or times yet. PROFILE=full adds it to a sweep.
+GPUS ?= 1
+FULL = $(SOURCE) -S subsample.n_train=1400 -S subsample.n_val=1400 -S train.processes=$(GPUS) \
+  -S stage1.image_size=512 -S stage1.epochs=40 -S stage1.batch_size=32 \
+  -S stage2.image_size=512 -S stage2.epochs=40 -S stage2.batch_size=32 -S stage2.lr=0.0005 \
+  -S stage3.image_size=160 -S stage3.epochs=20 -S stage3.batch_size=32 -S stage3.lr=0.0005 \
+  -S train.precision=bf16 -S train.checkpoint_every=10 -S gradients.images=200
 PROFILE ?=
-PROFILE_SET = $(if $(filter real,$(PROFILE)),$(REAL))
+PROFILE_SET = $(if $(filter real,$(PROFILE)),$(REAL))$(if $(filter full,$(PROFILE)),$(FULL))
 real: $(STAMP)
 	$(BIN)/dvc exp run $(REAL) $(SET)
+
+full: $(STAMP)
+	$(BIN)/dvc exp run $(FULL) $(SET)
 
 # Queue every (strategy, seed) pair as a DVC experiment and run the queue with DVC's own workers.
 # One run per seed goes first, so that the strategy-independent stages (data, stage 1, the

@@ -1,11 +1,15 @@
-"""Shared fixtures: a tiny synthetic dataset in the raw and mini layouts, and the real mirror."""
+"""Shared fixtures and helpers: a tiny synthetic dataset in the raw and mini layouts, the real
+mirror, commands run in a copy of the project."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from seqmtl.subsample import subsample
 from seqmtl.synthetic import COCO_FIRST_TEN, generate
@@ -23,6 +27,24 @@ TINY = {
     "gradients": {"batch_small": 2, "batch_big": 4, "projection_dim": 1024},
     "evaluate": {"latency": {"image_size": 64, "rounds": 2}},
 }
+
+
+def run(repo: Path, *args: str) -> str:
+    """Run a command in `repo` with this interpreter's environment first on PATH; its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def set_params(repo: Path, change: dict) -> None:
+    path = repo / "params.yaml"
+    path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), change)))
+
+
+def ran(output: str) -> set[str]:
+    """Names of the stages that `dvc repro` ran."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
 def merge(base: dict, change: dict) -> dict:

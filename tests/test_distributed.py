@@ -38,38 +38,46 @@ def metrics(root: Path, number: int) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tiny_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Stage 1 (naive) then stage 2 (gradnorm: averaged per-task gradients and losses) in one
-    process and in two; both stage-2 runs start from the single process's stage 1."""
-    roots = {name: tmp_path_factory.mktemp(name) for name in ("one", "two")}
-    for name, root in roots.items():
-        change = {"train": {"processes": 2 if name == "two" else 1}, "strategy": "gradnorm"}
-        done = stage(root, tiny_mini, 1, **change)
-        assert done.returncode == 0, done.stderr
-        if name == "two":
-            (root / "stage1.log").write_text(done.stderr)
-            single = roots["one"] / "data" / "checkpoints" / "stage1.pt"
+    """Stage 1 (naive) in one process and in two; then, from the single process's stage 1, stage
+    2 with each strategy that averages per-task terms (GradNorm: gradient norms and losses;
+    PCGrad: task gradients) in one process and in two."""
+    roots = {}
+    for strategy in ("gradnorm", "pcgrad"):
+        for processes in (1, 2):
+            name = f"{strategy}-{processes}"
+            roots[name] = root = tmp_path_factory.mktemp(name)
+            change = {"train": {"processes": processes}, "strategy": strategy}
+            if strategy == "gradnorm":
+                done = stage(root, tiny_mini, 1, **change)
+                assert done.returncode == 0, done.stderr
+                (root / "stage1.log").write_text(done.stderr)
+            else:
+                (root / "data" / "checkpoints").mkdir(parents=True)
+            single = roots["gradnorm-1"] / "data" / "checkpoints" / "stage1.pt"
             (root / "data" / "checkpoints" / "stage1.pt").write_bytes(single.read_bytes())
-        done = stage(root, tiny_mini, 2, **change)
-        assert done.returncode == 0, done.stderr
+            done = stage(root, tiny_mini, 2, **change)
+            assert done.returncode == 0, done.stderr
     return roots
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_within_the_measured_tolerance(runs: dict[str, Path]) -> None:
     for number, task, metric in ((1, "seg", "miou"), (2, "det", "map50"), (2, "seg", "miou")):
-        one, two = metrics(runs["one"], number)[task], metrics(runs["two"], number)[task]
+        one = metrics(runs["gradnorm-1"], number)[task]
+        two = metrics(runs["gradnorm-2"], number)[task]
         tolerance = TOLERANCE[f"metrics/stage{number}.json:final.{task}.{metric}"]["tolerance"]
         assert abs(one[metric] - two[metric]) <= tolerance, (number, task, one, two)
 
 
 @pytest.mark.slow
-def test_two_processes_take_the_single_process_steps(runs: dict[str, Path]) -> None:
-    def weights(root: Path, name: str) -> dict[str, torch.Tensor]:
-        path = root / "data" / "checkpoints" / f"{name}.pt"
+@pytest.mark.parametrize("strategy", ["gradnorm", "pcgrad"])
+def test_two_processes_take_the_single_process_steps(runs: dict[str, Path], strategy: str) -> None:
+    def weights(name: str, checkpoint: str) -> dict[str, torch.Tensor]:
+        path = runs[name] / "data" / "checkpoints" / f"{checkpoint}.pt"
         return torch.load(path, weights_only=True)["model"]
 
-    start, one, two = (weights(runs["one"], "stage1"), weights(runs["one"], "stage2"),
-                       weights(runs["two"], "stage2"))  # fmt: skip
+    start = weights(f"{strategy}-1", "stage1")
+    one, two = weights(f"{strategy}-1", "stage2"), weights(f"{strategy}-2", "stage2")
     apart = sum(float((one[k] - two[k]).float().pow(2).sum()) for k in one) ** 0.5
     moved = sum(float((one[k] - start[k]).float().pow(2).sum()) for k in one) ** 0.5
     # measured: 0.4 % (each process normalises its losses over its own half of the batch)
@@ -82,18 +90,20 @@ def test_gradnorm_weights_follow_the_single_process(runs: dict[str, Path]) -> No
         rows = (root / "plots" / "stage2" / "strategy.csv").read_text().splitlines()
         return [[float(v) for v in row.split(",")[1:]] for row in rows[1:]]
 
-    one, two = torch.tensor(weights(runs["one"])), torch.tensor(weights(runs["two"]))
+    one = torch.tensor(weights(runs["gradnorm-1"]))
+    two = torch.tensor(weights(runs["gradnorm-2"]))
     assert one.shape == two.shape and one.shape[0] == 4  # 2 epochs of 2 steps
     assert (one - two).abs().max() < 0.01
 
 
 @pytest.mark.slow
 def test_rank_zero_alone_evaluates_and_writes(runs: dict[str, Path]) -> None:
-    log = (runs["two"] / "stage1.log").read_text()
+    log = (runs["gradnorm-2"] / "stage1.log").read_text()
     assert log.count("epoch 1: {'seg_miou'") == 1 and log.count("epoch 2: {'seg_miou'") == 1
-    produced = {p.relative_to(runs["two"]) for p in runs["two"].rglob("*") if p.is_file()}
-    expected = {p.relative_to(runs["one"]) for p in runs["one"].rglob("*") if p.is_file()}
-    assert produced - {Path("stage1.log")} == expected
+    two, one = runs["gradnorm-2"], runs["gradnorm-1"]
+    assert {p.relative_to(two) for p in two.rglob("*") if p.is_file()} == {
+        p.relative_to(one) for p in one.rglob("*") if p.is_file()
+    }
 
 
 def test_a_batch_the_processes_cannot_share_is_rejected(tiny_mini: Path, tmp_path: Path) -> None:

@@ -14,27 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TINY, merge
+from conftest import REPO, TINY, ran, run, set_params
 
 pytestmark = pytest.mark.slow
-
-
-def run(repo: Path, *args: str) -> str:
-    """Run a command in `repo` with this interpreter's environment first on PATH; its output."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout + result.stderr
-
-
-def set_params(repo: Path, change: dict) -> None:
-    path = repo / "params.yaml"
-    path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), change)))
-
-
-def ran(output: str) -> set[str]:
-    """Names of the stages that `dvc repro` ran."""
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
 @pytest.fixture(scope="module")
