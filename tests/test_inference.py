@@ -28,8 +28,30 @@ def test_outputs_equal_the_models(backbone: str, size: tuple[int, int]) -> None:
 
 def test_the_model_is_left_as_it_was() -> None:
     model = UnifiedModel(COUNTS, "efficientnet_lite0", pretrained=False)
+    strides = [p.stride() for p in model.parameters()]
     fast = for_inference(model)
     assert model.training and not fast.training
-    assert all(p.is_contiguous() for p in model.parameters())
-    pairs = zip(model.parameters(), fast.parameters(), strict=True)
-    assert all(p.data_ptr() != q.data_ptr() for p, q in pairs)
+    assert [p.stride() for p in model.parameters()] == strides
+    model_storage = {p.data_ptr() for p in model.parameters()}
+    assert not any(q.data_ptr() in model_storage for q in fast.parameters())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_batchnorm_is_folded_with_its_statistics(backbone: str) -> None:
+    torch.manual_seed(0)
+    model = UnifiedModel(COUNTS, backbone, pretrained=False)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.2, 0.2)
+    model.eval()
+    fast = for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        expected, got = model(x), fast(x)
+    for task in COUNTS:
+        torch.testing.assert_close(got[task], expected[task], rtol=1e-4, atol=1e-4)

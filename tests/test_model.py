@@ -17,7 +17,7 @@ def test_output_shapes(backbone: str, head_layers: int) -> None:
     model = UnifiedModel(COUNTS, backbone, pretrained=False, head_layers=head_layers).eval()
     with torch.no_grad():
         out = model(torch.rand(2, 3, 96, 128))
-    assert out["seg"].shape == (2, 21, 96, 128)
+    assert out["seg"].shape == (2, 21, 96 // STRIDE, 128 // STRIDE)
     assert out["det"].shape == (2, (96 // STRIDE) * (128 // STRIDE), 4 + 1 + 10)
     assert out["cls"].shape == (2, 10)
 

@@ -25,6 +25,8 @@ class Backbone(nn.Module):
     the batch's statistics and updates the running ones (PyTorch's default); "frozen" keeps every
     BatchNorm layer in eval mode whatever ``train()`` is called, so it normalises with the
     pretrained running statistics and never changes them, while its affine weights still learn.
+    A BatchNorm layer registered right after a convolution in the same parent normalises that
+    convolution's output (`seqmtl.inference.fold_batchnorm` relies on it).
     """
 
     out_channels: tuple[int, int, int]
@@ -131,8 +133,12 @@ class _MBConv(nn.Module):
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x if self._expand_conv is None else F.relu6(self._bn0(self._expand_conv(x)))
-        h = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(h)))))
+        """ReLU6 in place: the same values and gradients, without a copy of each activation."""
+        h = x
+        if self._expand_conv is not None:
+            h = F.relu6(self._bn0(self._expand_conv(h)), inplace=True)
+        h = F.relu6(self._bn1(self._depthwise_conv(h)), inplace=True)
+        h = self._bn2(self._project_conv(h))
         return x + h if self.residual else h
 
 
@@ -155,7 +161,7 @@ class EfficientNetLite0(nn.Module):
 
     def features(self, x: Tensor) -> list[Tensor]:
         """``[c3, c4, c5]``: 40, 112 and 320 channels at strides 8, 16 and 32."""
-        x = F.relu6(self._bn0(self._conv_stem((x - 0.498) / 0.502)))
+        x = F.relu6(self._bn0(self._conv_stem((x - 0.498) / 0.502)), inplace=True)
         out = []
         for i, block in enumerate(self._blocks):
             x = block(x)

@@ -62,14 +62,17 @@ class Task:
 
 
 class Segmentation(Task):
-    """Pixel-wise cross-entropy (255 ignored); mIoU from one confusion matrix at each mask's
-    original resolution (logits upsampled bilinearly to it before the argmax)."""
+    """Pixel-wise cross-entropy (255 ignored) on the stride-8 logits upsampled bilinearly to the
+    S x S masks; mIoU from one confusion matrix at each mask's original resolution (the logits
+    upsampled bilinearly to it before the argmax)."""
 
     name, primary = "seg", "miou"
 
     def loss(self, outputs: dict[str, Tensor], targets: Targets, size: int) -> dict[str, Tensor]:
-        logits = outputs["seg"]
-        masks = torch.stack([t["mask"] for t in targets]).to(logits.device)
+        masks = torch.stack([t["mask"] for t in targets]).to(outputs["seg"].device)
+        logits = F.interpolate(
+            outputs["seg"], size=masks.shape[-2:], mode="bilinear", align_corners=False
+        )
         return {"ce": F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)}
 
     def chance(self, dataset: TaskDataset) -> float:

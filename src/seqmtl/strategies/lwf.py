@@ -35,7 +35,7 @@ def sigmoid_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
 
 
 def distil_seg(student: Tensor, teacher: Tensor, temperature: float) -> dict[str, Tensor]:
-    """Per-pixel KL of the class distributions at temperature T."""
+    """Per-location KL of the class distributions at temperature T, on the stride-8 logits."""
     return {"seg": softmax_kl(student, teacher, temperature)}
 
 
