@@ -26,13 +26,26 @@ def test_assign_centre_sampling_and_smallest_box() -> None:
     points = locations(8, 8, STRIDE, torch.device("cpu"))
     big = torch.tensor([[0.0, 0.0, 64.0, 64.0]])
     small = torch.tensor([[20.0, 20.0, 36.0, 36.0]])
-    index, positive, _ = assign(points, torch.cat([big, small]), STRIDE, radius=1.5)
+    index, positive, _ = assign(points, torch.cat([big, small]), STRIDE, radius=1.5, central=0.0)
     # locations within 1.5 strides of the big box's centre (32, 32): x, y in {20, 28, 36, 44}
     centre_points = ((points - 32).abs() <= 12).all(1)
     assert torch.equal(positive, centre_points)
     # inside the small box (and near its centre) the smaller box wins
     in_small = ((points > 20) & (points < 36)).all(1)
     assert (index[in_small] == 1).all() and (index[centre_points & ~in_small] == 0).all()
+
+
+def test_a_large_box_takes_its_central_part() -> None:
+    points = locations(16, 16, STRIDE, torch.device("cpu"))
+    box = torch.tensor([[0.0, 0.0, 128.0, 96.0]])  # centre (64, 48), half-sides 64 and 48
+    _, positive, _ = assign(points, box, STRIDE, radius=1.5, central=0.5)
+    # within 32 px of 64 along x and 24 px of 48 along y: x in 36..92, y in 28..68
+    expected = ((points[:, 0] - 64).abs() <= 32) & ((points[:, 1] - 48).abs() <= 24)
+    assert torch.equal(positive, expected) and int(expected.sum()) == 8 * 6
+    # a box smaller than the radius keeps the radius
+    small = torch.tensor([[40.0, 40.0, 64.0, 64.0]])
+    _, positive, _ = assign(points, small, STRIDE, radius=1.5, central=0.5)
+    assert torch.equal(positive, ((points - 52).abs() <= 12).all(1))
 
 
 def test_tiny_box_takes_its_nearest_location_as_a_fallback() -> None:

@@ -2,7 +2,8 @@
 
 Per location the head emits 4 box distances (left, top, right, bottom, as softplus(x) * stride),
 1 centerness logit and C class logits. A location is positive for a box when it lies inside the box
-and within `radius` strides of its centre; among several boxes it takes the smallest; a box left
+and, along each axis, within `radius` strides or `central` times the box's half-side of its centre,
+whichever is larger; among several boxes it takes the smallest; a box left
 without a location takes the free one nearest its centre (a fallback: see `assign`). Losses:
 sigmoid focal loss on the classes (normalised by the positives), GIoU loss on the boxes weighted
 by the centerness target (1 at a fallback), and BCE on the centerness of the positives inside
@@ -34,13 +35,17 @@ def decode_boxes(distances: Tensor, points: Tensor, stride: int) -> Tensor:
 
 
 def assign(
-    points: Tensor, boxes: Tensor, stride: int, radius: float
+    points: Tensor, boxes: Tensor, stride: int, radius: float, central: float = 0.5
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Index of the box each point regresses (-1 = background), the positive mask, and the mask
     of fallback positives (points outside the box they regress).
 
-    A point is a candidate for a box when it lies inside it and within `radius` strides of its
-    centre; among several candidates' boxes it takes the smallest. Every box gets at least one
+    A point is a candidate for a box when it lies inside it and, along each axis, within
+    max(`radius` strides, `central` x the box's half-side) of its centre; among several
+    candidates' boxes it takes the smallest. With one level of stride 8, a large box would
+    otherwise have 3 x 3 positives and teach the classes that the rest of its object is
+    background; multi-level FCOS gives a large box a coarse level where 1.5 strides span about
+    60-75 % of its half-side. Every box gets at least one
     positive: a box left without one (too small to hold a point, or outbid by smaller boxes) takes
     the free point nearest its centre, smallest boxes first, as a fallback."""
     n = len(points)
@@ -52,7 +57,8 @@ def assign(
     inside = (x > boxes[:, 0]) & (x < boxes[:, 2]) & (y > boxes[:, 1]) & (y < boxes[:, 3])
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     distance = ((points[:, None] - centre[None]) ** 2).sum(-1)
-    candidate = inside & ((points[:, None] - centre[None]).abs() <= radius * stride).all(-1)
+    reach = ((boxes[:, 2:] - boxes[:, :2]) / 2 * central).clamp(min=radius * stride)
+    candidate = inside & ((points[:, None] - centre[None]).abs() <= reach[None]).all(-1)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     masked = torch.where(candidate, area.expand(n, -1), torch.full_like(distance, float("inf")))
     best_area, best = masked.min(1)
@@ -84,13 +90,15 @@ def detection_loss(
     stride: int,
     num_classes: int,
     radius: float = 1.5,
+    central: float = 0.5,
 ) -> dict[str, Tensor]:
-    """Focal class loss, GIoU box loss and centerness BCE for raw (B, N, 5 + C) outputs."""
+    """Focal class loss, GIoU box loss and centerness BCE for raw (B, N, 5 + C) outputs; positives
+    as `assign` (its central 0.5: README, "Real data", for what it measured on the mirror)."""
     cls_targets, box_targets, pred_boxes, ctr_logits, ctr_targets, fallbacks = (
         [] for _ in range(6)
     )
     for out, target in zip(raw, targets, strict=True):
-        index, positive, fallback = assign(points, target["boxes"], stride, radius)
+        index, positive, fallback = assign(points, target["boxes"], stride, radius, central)
         one_hot = torch.zeros(len(points), num_classes, device=raw.device)
         one_hot[positive, target["labels"][index[positive]]] = 1.0
         cls_targets.append(one_hot)
