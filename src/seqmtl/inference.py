@@ -31,12 +31,10 @@ class ChannelsLast(nn.Module):
         return self.module(x.contiguous(memory_format=torch.channels_last), *args, **kwargs)
 
 
-def fold_batchnorm(model: nn.Module) -> int:
+def fold_batchnorm(model: nn.Module) -> None:
     """Fold, in place, each BatchNorm2d of the eval-mode `model` that is registered right after a
     Conv2d of as many channels in the same parent (the backbones' contract) into that convolution,
-    y = (W x + b - mean) * gamma / sqrt(var + eps) + beta, leaving an Identity in its place.
-    Returns how many were folded."""
-    folded = 0
+    y = (W x + b - mean) * gamma / sqrt(var + eps) + beta, leaving an Identity in its place."""
     for parent in list(model.modules()):
         for (conv_name, conv), (bn_name, bn) in pairwise(list(parent.named_children())):
             if (
@@ -46,8 +44,6 @@ def fold_batchnorm(model: nn.Module) -> int:
             ):
                 setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
                 setattr(parent, bn_name, nn.Identity())
-                folded += 1
-    return folded
 
 
 def for_inference(model: nn.Module) -> nn.Module:
