@@ -90,15 +90,14 @@ def detection_loss(
     stride: int,
     num_classes: int,
     radius: float = 1.5,
-    central: float = 0.5,
 ) -> dict[str, Tensor]:
     """Focal class loss, GIoU box loss and centerness BCE for raw (B, N, 5 + C) outputs; positives
-    as `assign` (its central 0.5: README, "Real data", for what it measured on the mirror)."""
+    as `assign` with its default `central` (README, "Real data", for what it measured)."""
     cls_targets, box_targets, pred_boxes, ctr_logits, ctr_targets, fallbacks = (
         [] for _ in range(6)
     )
     for out, target in zip(raw, targets, strict=True):
-        index, positive, fallback = assign(points, target["boxes"], stride, radius, central)
+        index, positive, fallback = assign(points, target["boxes"], stride, radius)
         one_hot = torch.zeros(len(points), num_classes, device=raw.device)
         one_hot[positive, target["labels"][index[positive]]] = 1.0
         cls_targets.append(one_hot)
