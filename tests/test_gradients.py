@@ -54,7 +54,8 @@ def test_noise_scale_matches_linear_regression() -> None:
     stats = batch_statistics(
         regression_batches(4000, b_small, delta, sigma, seed=0), per_big, CountSketch(d, 64, 0)
     )
-    scale = noise_scale(stats.sq_small, stats.sq_big, b_small, b_small * per_big)
+    scale = noise_scale(stats.sq_small, stats.sq_big, b_small, b_small * per_big, 16000)
+    assert scale.undefined is None
     assert scale.simple == pytest.approx(expected, rel=0.1)
     assert scale.grad_sq == pytest.approx(1.0, rel=0.05)
     assert scale.trace == pytest.approx(expected, rel=0.1)
@@ -62,12 +63,31 @@ def test_noise_scale_matches_linear_regression() -> None:
     assert stats.noise_ratio(stats.sq_small) == pytest.approx(expected / b_small, rel=0.1)
 
 
+def test_noise_scale_is_undefined_where_the_estimate_means_nothing() -> None:
+    """Pure noise (δ = 0): the |G|² estimate is within its noise of zero, and B_simple is null
+    with that reason, not a large number; a real B_simple above the training set is null too."""
+    d, b_small, per_big = 10, 4, 8
+    noise_only = regression_batches(800, b_small, torch.zeros(d), 1.0, seed=1)
+    stats = batch_statistics(noise_only, per_big, CountSketch(d, 64, 0))
+    scale = noise_scale(stats.sq_small, stats.sq_big, b_small, b_small * per_big, 3200)
+    assert scale.simple is None and "standard error" in scale.undefined
+    delta = torch.nn.functional.normalize(torch.arange(1.0, d + 1), dim=0)
+    stats = batch_statistics(
+        regression_batches(800, b_small, delta, 1.0, seed=0), per_big, CountSketch(d, 64, 0)
+    )
+    assert noise_scale(stats.sq_small, stats.sq_big, b_small, b_small * per_big, 3200).simple
+    small_set = noise_scale(stats.sq_small, stats.sq_big, b_small, b_small * per_big, 10)
+    assert small_set.simple is None and "exceeds the 10 training images" in small_set.undefined
+    one_group = noise_scale(stats.sq_small[:1], stats.sq_big[:1], b_small, b_small * per_big, 3200)
+    assert one_group.simple is None and one_group.grad_sq_se is None
+
+
 def test_identical_batches_have_cosine_one_and_no_noise() -> None:
     gradient = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     stats = batch_statistics([gradient] * 4, 2, CountSketch(1000, 256, 0))
     assert torch.allclose(cosine_matrix(stats.directions), torch.ones(4, 4), atol=1e-6)
     assert max(stats.sketch_errors) < 1e-6
-    assert noise_scale(stats.sq_small, stats.sq_big, 2, 4).trace == pytest.approx(0, abs=1e-3)
+    assert noise_scale(stats.sq_small, stats.sq_big, 2, 4, 8).trace == pytest.approx(0, abs=1e-3)
     assert stats.noise_ratio(stats.sq_small) == pytest.approx(0, abs=1e-5)
 
 
@@ -191,8 +211,8 @@ def test_stage_writes_gradients_json(
     assert (last["epoch"], last["stage"], last["strategy"]) == (2, 2, "naive")
     assert set(last["tasks"]) == {"seg", "det"}
     assert set(last["tasks"]["det"]) == {
-        "full_grad_norm", "grad_sq", "trace_cov", "noise_scale",
-        "noise_ratio_small", "noise_ratio_big", "batch_cosine",
+        "full_grad_norm", "grad_sq", "grad_sq_se", "trace_cov", "noise_scale",
+        "noise_scale_undefined", "noise_ratio_small", "noise_ratio_big", "batch_cosine",
     }  # fmt: skip
     assert set(last["task_cosine"]) == {"seg-det"}
     assert set(last["task_cosine"]["seg-det"]) == {"all", *GROUPS}

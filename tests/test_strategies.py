@@ -22,7 +22,7 @@ from seqmtl.strategies import StageContext, build_strategy, strategy_names, tota
 from seqmtl.strategies.ewc import empirical_fisher
 from seqmtl.strategies.pcgrad import project_conflicting
 from seqmtl.tasks import Targets, build_tasks
-from seqmtl.train import StagePaths, train_stage
+from seqmtl.train import StagePaths, build_optimizer, train_stage
 
 SMALL = {
     "device": "cpu",
@@ -35,7 +35,7 @@ SMALL = {
     "replay": {"per_task": 4, "batch_size": 2},
     "gradnorm": {"per_task": 4, "batch_size": 2},
     "pcgrad": {"per_task": 4, "batch_size": 2},
-    "uncertainty": {"per_task": 4, "batch_size": 2},
+    "uncertainty": {"per_task": 4, "batch_size": 2, "lr": 0.05},
 }  # fmt: skip
 
 
@@ -103,6 +103,7 @@ def train_two_losses(name: str, steps: int = 200) -> tuple[StageContext, Tensor]
     x = torch.randn(256, 8)
     ys = [x @ torch.randn(8, 1), x @ torch.randn(8, 1)]
     cfg = {"per_task": 1, "batch_size": 1, "alpha": 1.5, "lr": 0.05, "old_weight": 1.0}
+    cfg["initial_steps"] = 5
     strategy = build_strategy(name, {name: cfg})
     ctx = StageContext(model, {}, "det", ["seg"], torch.device("cpu"), 0, 256, no_data)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -141,15 +142,34 @@ def test_gradnorm_moves_weights_toward_equal_training_rates() -> None:
     assert rates[0] / rates[1] < (plain_rates[0] / plain_rates[1]) / 10
 
 
+def test_gradnorm_initial_losses_average_the_first_steps() -> None:
+    cfg = {"per_task": 1, "batch_size": 1, "alpha": 1.5, "lr": 0.05, "old_weight": 1.0}
+    strategy = build_strategy("gradnorm", {"gradnorm": cfg | {"initial_steps": 3}})
+    model = TwoHeads()
+    ctx = StageContext(model, {}, "det", ["seg"], torch.device("cpu"), 0, 8, no_data)
+    for value in (2.0, 4.0, 9.0, 100.0):
+        out = model(torch.randn(4, 8))
+        losses = {
+            t: {"l": o.sum() * 0 + value * k}
+            for k, (t, o) in enumerate(zip(("det", "seg"), out, strict=True), 1)
+        }
+        strategy.backward(ctx, losses)
+    assert strategy.initial.tolist() == pytest.approx([5.0, 10.0])
+
+
 # --- uncertainty ---
 
 
 def test_uncertainty_learns_each_loss_log_variance(tiny_mini: Path) -> None:
-    strategy = build_strategy("uncertainty", {"uncertainty": {"per_task": 2, "batch_size": 1}})
+    """The log-variances take their own lr in the stage's optimiser (not the model's 1e-3)."""
+    cfg = {"uncertainty": {"per_task": 2, "batch_size": 1, "lr": 0.05}}
+    strategy = build_strategy("uncertainty", cfg)
     ctx = context(small_model(tiny_mini), tiny_mini, "det", ["seg"])
     strategy.before_stage(ctx)
     assert [s.item() for s in strategy.parameters()] == [0.0, 0.0]
-    optimizer = torch.optim.Adam(strategy.parameters(), lr=0.05)
+    train_cfg = {"weight_decay": 0.0001, "backbone_lr": 0.1}
+    optimizer = build_optimizer(ctx.model, strategy, 1e-3, train_cfg)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-4, 1e-3, 0.05]
     fixed = {"det": {"l": torch.tensor(4.0)}, "seg": {"l": torch.tensor(0.25)}}
     for _ in range(400):  # exp(-s)·L + s is smallest at s = log L
         optimizer.zero_grad()

@@ -162,51 +162,77 @@ def cosine_matrix(vectors: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class NoiseScale:
-    """Estimates of |G|² and tr(Σ), and B_simple = tr(Σ) / |G|² (in images; None when the |G|²
-    estimate is not positive, i.e. the noise swamps the gradient at this sample size)."""
+    """Estimates of |G|², its standard error, tr(Σ), and B_simple = tr(Σ) / |G|² (in images).
+
+    `simple` is None, and `undefined` says why, where the estimate means nothing: |G|² is not
+    above twice its standard error (the noise swamps the gradient at this sample size, and a
+    ratio to a near-zero |G|² is arbitrary), or B_simple exceeds the `images` of the training set
+    (a batch larger than the whole set cannot be the critical batch it estimates)."""
 
     grad_sq: float
+    grad_sq_se: float | None
     trace: float
     simple: float | None
+    undefined: str | None
 
 
-def noise_scale(sq_small: float, sq_big: float, b_small: int, b_big: int) -> NoiseScale:
-    """The simple noise scale from mean squared batch-gradient norms at two batch sizes.
+def noise_scale(
+    sq_small: list[float], sq_big: list[float], b_small: int, b_big: int, images: int
+) -> NoiseScale:
+    """The simple noise scale from mean squared batch-gradient norms at two batch sizes, one
+    pair per B_big group (`sq_small[j]`: the mean |g_small|² of group j's B_small batches,
+    `sq_big[j]`: |g_big|² of their mean).
 
     McCandlish et al. 2018 (An Empirical Model of Large-Batch Training), appendix A.1: from
     E|g_B|² = |G|² + tr(Σ) / B,
         |G|² ≈ (B_big |g_big|² - B_small |g_small|²) / (B_big - B_small),
         tr(Σ) ≈ (|g_small|² - |g_big|²) / (1 / B_small - 1 / B_big),
-    both unbiased. When the batches partition a sample of N images the finite-population terms
-    (-tr(Σ) / N in both E|g_B|²) cancel in tr(Σ) and leave |G|² unbiased for the population.
+    both unbiased, here from the means over the groups. When the batches partition a sample of
+    N images the finite-population terms (-tr(Σ) / N in both E|g_B|²) cancel in tr(Σ) and leave
+    |G|² unbiased for the population. The standard error of |G|² is the spread of the
+    per-group estimates over sqrt(groups) (None with one group: then B_simple is undefined).
     """
     if not 0 < b_small < b_big:
         raise ValueError(f"need 0 < B_small < B_big, got {b_small} and {b_big}")
-    grad_sq = (b_big * sq_big - b_small * sq_small) / (b_big - b_small)
-    trace = (sq_small - sq_big) / (1 / b_small - 1 / b_big)
-    return NoiseScale(grad_sq, trace, trace / grad_sq if grad_sq > 0 else None)
+    if not sq_small or len(sq_small) != len(sq_big):
+        raise ValueError("need one |g_small|² and one |g_big|² per B_big group")
+    small, big = np.asarray(sq_small), np.asarray(sq_big)
+    per_group = (b_big * big - b_small * small) / (b_big - b_small)
+    grad_sq = float(per_group.mean())
+    trace = float((small.mean() - big.mean()) / (1 / b_small - 1 / b_big))
+    se = float(per_group.std(ddof=1) / math.sqrt(len(per_group))) if len(per_group) > 1 else None
+    if se is None:
+        return NoiseScale(grad_sq, se, trace, None, "one B_big group: no error estimate of |G|²")
+    if grad_sq <= 2 * se:
+        reason = f"|G|² = {grad_sq:.3g} is not above twice its standard error {se:.3g}"
+        return NoiseScale(grad_sq, se, trace, None, reason)
+    if trace / grad_sq > images:
+        reason = f"B_simple = {trace / grad_sq:.3g} exceeds the {images} training images"
+        return NoiseScale(grad_sq, se, trace, None, reason)
+    return NoiseScale(grad_sq, se, trace, trace / grad_sq, None)
 
 
 @dataclass(frozen=True)
 class BatchStatistics:
     """One task's batch gradients at one snapshot, summarised.
 
-    full: g_D, the mean batch gradient; sq_small / sq_big: mean |g_B|² over the B_small batches /
-    over the B_big means; directions: the sketched batch gradients, unit length, (n, dim);
-    sketch_errors: |sketched - exact| cosine of each pair of consecutive batch gradients.
+    full: g_D, the mean batch gradient; sq_small / sq_big: per B_big group, the mean |g_B|² of
+    its B_small batches / |g_B|² of their mean; directions: the sketched batch gradients, unit
+    length, (n, dim); sketch_errors: |sketched - exact| cosine of each pair of consecutive batch
+    gradients.
     """
 
     full: Tensor
-    sq_small: float
-    sq_big: float
+    sq_small: list[float]
+    sq_big: list[float]
     directions: Tensor
     sketch_errors: list[float]
 
-    def noise_ratio(self, sq_batch: float) -> float:
+    def noise_ratio(self, sq_batch: list[float]) -> float:
         """E|g_B - g_D|² / |g_D|² = (mean |g_B|² - |g_D|²) / |g_D|² (exact: g_D is the mean of
         the g_B, so their mean inner product with it is |g_D|²)."""
         full_sq = squared_norm(self.full)
-        return (sq_batch - full_sq) / full_sq
+        return (float(np.mean(sq_batch)) - full_sq) / full_sq
 
 
 def squared_norm(x: Tensor) -> float:
@@ -220,15 +246,16 @@ def batch_statistics(
     """Summarise B_small batch gradients, grouping `per_big` consecutive ones into a B_big one
     (their count must be a multiple of `per_big`); holds three gradients in memory at a time."""
     full = big = previous = None
-    sq_small = sq_big = 0.0
-    directions, errors = [], []
+    group_small = 0.0
+    sq_small, sq_big, directions, errors = [], [], [], []
     for n, gradient in enumerate(batches, 1):
-        sq_small += squared_norm(gradient)
+        group_small += squared_norm(gradient)
         big = gradient.clone() if big is None else big.add_(gradient)
         full = gradient.clone() if full is None else full.add_(gradient)
         if n % per_big == 0:
-            sq_big += squared_norm(big / per_big)
-            big = None
+            sq_small.append(group_small / per_big)
+            sq_big.append(squared_norm(big / per_big))
+            big, group_small = None, 0.0
         directions.append(F.normalize(sketch(gradient), dim=0))
         if previous is not None:
             exact = F.cosine_similarity(gradient, previous, dim=0).item()
@@ -236,9 +263,7 @@ def batch_statistics(
         previous = gradient
     if full is None or big is not None:
         raise ValueError(f"need a positive multiple of {per_big} batch gradients")
-    return BatchStatistics(
-        full / n, sq_small / n, sq_big / (n // per_big), torch.stack(directions), errors
-    )
+    return BatchStatistics(full / n, sq_small, sq_big, torch.stack(directions), errors)
 
 
 def task_cosines(
@@ -354,7 +379,9 @@ def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str,
             "epoch": epoch,
             "stage": len(checkpoint["tasks"]),
             "strategy": checkpoint["strategy"],
-            "tasks": {t: task_summary(s, b_small, b_big) for t, s in stats.items()},
+            "tasks": {
+                t: task_summary(s, b_small, b_big, len(datasets[t])) for t, s in stats.items()
+            },
             "task_cosine": {
                 pair: {group: _round(c) for group, c in cosines.items()}
                 for pair, cosines in task_cosines(
@@ -404,16 +431,20 @@ def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str,
     return result
 
 
-def task_summary(stats: BatchStatistics, b_small: int, b_big: int) -> dict[str, float | None]:
-    """The JSON entry of one task at one snapshot."""
-    scale = noise_scale(stats.sq_small, stats.sq_big, b_small, b_big)
+def task_summary(
+    stats: BatchStatistics, b_small: int, b_big: int, images: int
+) -> dict[str, float | str | None]:
+    """The JSON entry of one task at one snapshot (`images`: the size of its training set)."""
+    scale = noise_scale(stats.sq_small, stats.sq_big, b_small, b_big, images)
     cosines = cosine_matrix(stats.directions)
     n = len(cosines)
     return {
         "full_grad_norm": _round(math.sqrt(squared_norm(stats.full))),
         "grad_sq": _round(scale.grad_sq),
+        "grad_sq_se": _round(scale.grad_sq_se),
         "trace_cov": _round(scale.trace),
         "noise_scale": _round(scale.simple),
+        "noise_scale_undefined": scale.undefined,
         "noise_ratio_small": _round(stats.noise_ratio(stats.sq_small)),
         "noise_ratio_big": _round(stats.noise_ratio(stats.sq_big)),
         "batch_cosine": _round(((cosines.sum() - cosines.trace()) / (n * (n - 1))).item()),

@@ -94,7 +94,7 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW with three param groups: the backbone at lr x `train.backbone_lr` (a pretrained
     network is fine-tuned, not retrained), the rest of the model at lr, and the strategy's own
-    parameters at lr without weight decay."""
+    parameters at `strategy.parameters_lr(lr)` without weight decay."""
     multiplier = train_cfg.get("backbone_lr")
     if isinstance(multiplier, bool) or not isinstance(multiplier, int | float) or multiplier < 0:
         raise ValueError(f"train.backbone_lr must be a number >= 0, got {multiplier!r}")
@@ -104,7 +104,11 @@ def build_optimizer(
         [
             {"params": [p for p in trainable if id(p) in backbone], "lr": lr * multiplier},
             {"params": [p for p in trainable if id(p) not in backbone]},
-            {"params": strategy.parameters(), "weight_decay": 0.0},
+            {
+                "params": strategy.parameters(),
+                "lr": strategy.parameters_lr(lr),
+                "weight_decay": 0.0,
+            },
         ],
         lr=lr,
         weight_decay=float(train_cfg["weight_decay"]),

@@ -112,6 +112,10 @@ class Strategy:
         """Learnable parameters of the strategy itself, optimised with the model's."""
         return []
 
+    def parameters_lr(self, stage_lr: float) -> float:
+        """The learning rate of `parameters()` (their own param group; default: the stage's)."""
+        return stage_lr
+
     def state_dict(self) -> dict[str, Any]:
         """State carried to the next stage."""
         return {}

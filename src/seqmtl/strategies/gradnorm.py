@@ -22,13 +22,15 @@ class GradNorm(Replay):
     constant), then are clipped at 0 and renormalised to sum to the number of losses. The model's
     gradient is that of Σ_i w_i·L_i with the weights of this step held constant.
 
-    Choices: L_i(0) is the loss at the stage's first step; the weights start each stage at 1 for
-    the new task and `old_weight` for each old one (renormalised), with their own Adam optimiser;
-    G_i = w_i·‖∇_W L_i‖ needs no second-order graph. The weights used in each step go to the
-    strategy log (w_<task>), hence to plots/stageN/strategy.csv.
+    Choices: L_i(0) is the mean loss over the stage's first `initial_steps` steps (a running
+    mean until then: one batch's loss is too noisy to measure a training rate by); the weights
+    start each stage at 1 for the new task and `old_weight` for each old one (renormalised), with
+    their own Adam optimiser; G_i = w_i·‖∇_W L_i‖ needs no second-order graph. The weights used
+    in each step go to the strategy log (w_<task>), hence to plots/stageN/strategy.csv.
 
     cfg: per_task, batch_size (the replay buffer's), alpha (≥ 0, the paper's 1.5), lr (> 0, the
-    weights' Adam learning rate), old_weight (> 0, each old task's initial weight against 1).
+    weights' Adam learning rate), old_weight (> 0, each old task's initial weight against 1),
+    initial_steps (≥ 1, the steps averaged into L_i(0)).
     """
 
     def __init__(self, cfg: dict[str, Any]) -> None:
@@ -36,6 +38,7 @@ class GradNorm(Replay):
         self.alpha = self.number("alpha")
         self.lr = self.number("lr", open_low=True)
         self.old_weight = self.number("old_weight", open_low=True)
+        self.initial_steps = int(self.number("initial_steps", 1))
         self.weights: Tensor | None = None
 
     def before_stage(self, ctx: StageContext) -> None:
@@ -44,11 +47,12 @@ class GradNorm(Replay):
 
     def start(self, ctx: StageContext, names: list[str], losses: Tensor) -> None:
         """Initial weights (1 for the new task, `old_weight` for the others, summing to the
-        number of losses), their optimiser, and the initial losses L_i(0)."""
+        number of losses), their optimiser, and the running mean of the initial losses L_i(0)."""
         initial = torch.tensor([1.0 if n == ctx.task else self.old_weight for n in names])
         self.weights = (initial * len(names) / initial.sum()).to(losses.device).requires_grad_()
         self.optimizer = torch.optim.Adam([self.weights], lr=self.lr)
-        self.initial = losses.detach()
+        self.initial = torch.zeros_like(losses)
+        self.averaged = 0
 
     def backward(self, ctx: StageContext, losses: Losses) -> None:
         names = list(losses)
@@ -57,6 +61,9 @@ class GradNorm(Replay):
         average_([observed])  # over data-parallel processes: the global batch's losses
         if self.weights is None:
             self.start(ctx, names, observed)
+        if self.averaged < self.initial_steps:
+            self.averaged += 1
+            self.initial += (observed - self.initial) / self.averaged
         ctx.log(**{f"w_{n}": w for n, w in zip(names, self.weights.tolist(), strict=True)})
         layer = ctx.model.shared_layer().weight
         grads = [torch.autograd.grad(v, layer, retain_graph=True)[0] for v in values]

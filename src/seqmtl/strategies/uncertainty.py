@@ -15,18 +15,24 @@ from seqmtl.strategies.replay import Replay
 @register("uncertainty")
 class Uncertainty(Replay):
     """L = Σ_i exp(-s_i)·L_i + s_i over the losses in play (the new task's and each replayed old
-    task's), with s_i = log sigma_i² learned with the model (the loop's optimiser, no weight decay).
+    task's), with s_i = log sigma_i² learned with the model (the loop's optimiser, no weight decay,
+    in their own param group at learning rate `lr`).
 
     Choices: one form for every task, exp(-s)·L + s, which is twice Kendall et al.'s regression
     form ½·exp(-s)·L + ½·s (same optimum s* = log L; starts, at s = 0, as replay's plain sum);
     each s_i starts at 0 for a task first in play and is carried to the next stage otherwise (the
     noise level belongs to the task). Logs the weights w_<task> = exp(-s_<task>) every step.
+    The s_i get their own learning rate: Adam moves a parameter by at most its lr per step, so at
+    the model's lr (2e-3, warmed up and decayed) a stage of a few hundred steps keeps exp(-s)
+    within about [0.55, 1.8] and the weighting is replay's plain sum in all but name; the optimum
+    log L_i lies between about -5 and 1 for the losses here.
 
-    cfg: per_task, batch_size (the replay buffer's).
+    cfg: per_task, batch_size (the replay buffer's), lr (> 0, the s_i's learning rate).
     """
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
+        self.lr = self.number("lr", open_low=True)
         self.log_variances = nn.ParameterDict()
 
     def before_stage(self, ctx: StageContext) -> None:
@@ -43,6 +49,9 @@ class Uncertainty(Replay):
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.log_variances.values())
+
+    def parameters_lr(self, stage_lr: float) -> float:
+        return self.lr
 
     def state_dict(self) -> dict[str, Any]:
         return {n: s.detach().cpu() for n, s in self.log_variances.items()}
