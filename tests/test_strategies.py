@@ -32,10 +32,7 @@ SMALL = {
     "stage2": {"epochs": 1, "batch_size": 4, "image_size": 64},
     "stage3": {"epochs": 1, "batch_size": 4, "image_size": 64},
     "train": {"eval_every": 1, "checkpoint_every": 1},
-    "replay": {"per_task": 4, "batch_size": 2},
-    "gradnorm": {"per_task": 4, "batch_size": 2},
-    "pcgrad": {"per_task": 4, "batch_size": 2},
-    "uncertainty": {"per_task": 4, "batch_size": 2, "lr": 0.05},
+    "replay_buffer": {"per_task": 4, "batch_size": 2},
 }  # fmt: skip
 
 
@@ -91,6 +88,9 @@ class TwoHeads(nn.Module):
         return [head(features) for head in self.heads]
 
 
+ONE_SAMPLE = {"per_task": 1, "batch_size": 1, "weight": 1.0}
+
+
 def no_data(task: str) -> TaskDataset:
     raise AssertionError(f"the toy problem has no {task} dataset")
 
@@ -102,9 +102,8 @@ def train_two_losses(name: str, steps: int = 200) -> tuple[StageContext, Tensor]
     model = TwoHeads()
     x = torch.randn(256, 8)
     ys = [x @ torch.randn(8, 1), x @ torch.randn(8, 1)]
-    cfg = {"per_task": 1, "batch_size": 1, "alpha": 1.5, "lr": 0.05, "old_weight": 1.0}
-    cfg["initial_steps"] = 5
-    strategy = build_strategy(name, {name: cfg})
+    cfg = {"alpha": 1.5, "lr": 0.05, "old_weight": 1.0, "initial_steps": 5}
+    strategy = build_strategy(name, {name: cfg, "replay_buffer": ONE_SAMPLE})
     ctx = StageContext(model, {}, "det", ["seg"], torch.device("cpu"), 0, 256, no_data)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
 
@@ -143,8 +142,8 @@ def test_gradnorm_moves_weights_toward_equal_training_rates() -> None:
 
 
 def test_gradnorm_initial_losses_average_the_first_steps() -> None:
-    cfg = {"per_task": 1, "batch_size": 1, "alpha": 1.5, "lr": 0.05, "old_weight": 1.0}
-    strategy = build_strategy("gradnorm", {"gradnorm": cfg | {"initial_steps": 3}})
+    cfg = {"alpha": 1.5, "lr": 0.05, "old_weight": 1.0, "initial_steps": 3}
+    strategy = build_strategy("gradnorm", {"gradnorm": cfg, "replay_buffer": ONE_SAMPLE})
     model = TwoHeads()
     ctx = StageContext(model, {}, "det", ["seg"], torch.device("cpu"), 0, 8, no_data)
     for value in (2.0, 4.0, 9.0, 100.0):
@@ -157,12 +156,59 @@ def test_gradnorm_initial_losses_average_the_first_steps() -> None:
     assert strategy.initial.tolist() == pytest.approx([5.0, 10.0])
 
 
+# --- replay as a component ---
+
+
+@pytest.mark.parametrize(("name", "own"), [("replay", None), ("ewc", "ewc"), ("lwf", "lwf")])
+def test_replay_composes_with_other_strategies(tiny_mini: Path, name: str, own: str | None) -> None:
+    """ewc + replay and lwf + replay are configurations: the replayed old task's loss joins the
+    strategy's own term, weighted by replay_buffer.weight in the update."""
+    params = small_params(replay_buffer={"per_task": 3, "weight": 0.5})
+    if own:
+        params[name]["replay"] = True
+    strategy = build_strategy(name, params)
+    ctx = context(small_model(tiny_mini), tiny_mini, "det", ["seg"])
+    strategy.before_stage(ctx)
+    assert len(strategy.buffer.items["seg"][1]) == 3
+    images, targets = collate([ctx.train_data("det")[i] for i in range(4)])
+    losses = strategy.losses(ctx, images, targets)
+    assert set(losses) == {"det", "seg"} | ({own} if own else set())
+    assert strategy.term_weight(ctx, "seg") == 0.5 and strategy.term_weight(ctx, "det") == 1.0
+    without = build_strategy(name, small_params()) if own else None
+    if without is not None:
+        without.before_stage(ctx)
+        assert "seg" not in without.losses(ctx, images, targets)
+
+
+@pytest.mark.parametrize(
+    ("name", "section", "message"),
+    [
+        ("naive", {"replay": True}, r"^naive\.replay: naive never replays"),
+        ("gradnorm", {"replay": False}, r"^gradnorm\.replay: gradnorm always replays"),
+        ("ewc", {"replay": "yes"}, r"^ewc\.replay must be true or false"),
+    ],
+)
+def test_replay_flags_are_checked(name: str, section: dict, message: str) -> None:
+    params = small_params()
+    params[name] = params.get(name, {}) | section
+    with pytest.raises(ValueError, match=message):
+        build_strategy(name, params)
+
+
+@pytest.mark.parametrize(("key", "value"), [("per_task", 0), ("batch_size", 2.5), ("weight", -1)])
+def test_bad_replay_buffer_params_are_rejected_by_name(key: str, value: Any) -> None:
+    params = small_params()
+    params["replay_buffer"][key] = value
+    with pytest.raises(ValueError, match=rf"^replay_buffer\.{key} must be"):
+        build_strategy("pcgrad", params)
+
+
 # --- uncertainty ---
 
 
 def test_uncertainty_learns_each_loss_log_variance(tiny_mini: Path) -> None:
     """The log-variances take their own lr in the stage's optimiser (not the model's 1e-3)."""
-    cfg = {"uncertainty": {"per_task": 2, "batch_size": 1, "lr": 0.05}}
+    cfg = {"uncertainty": {"lr": 0.05}, "replay_buffer": ONE_SAMPLE | {"per_task": 2}}
     strategy = build_strategy("uncertainty", cfg)
     ctx = context(small_model(tiny_mini), tiny_mini, "det", ["seg"])
     strategy.before_stage(ctx)
@@ -414,6 +460,8 @@ def test_unknown_strategy_fails_with_a_clear_message(stage1: Path, tiny_mini: Pa
         ("gradnorm", "alpha", -1),
         ("gradnorm", "lr", 0.0),
         ("gradnorm", "old_weight", "one"),
+        ("gradnorm", "initial_steps", 0),
+        ("uncertainty", "lr", 0.0),
     ],
 )
 def test_bad_strategy_params_are_rejected_by_name(name: str, key: str, value: Any) -> None:

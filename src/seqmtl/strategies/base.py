@@ -8,6 +8,11 @@ through `load_state_dict` to the next stage's strategy of the same name. Each st
 module of this package named as the strategy, its class registered with `@register`; its params
 are its own section of params.yaml, present even if empty (dvc.yaml's stages 2 and 3 depend on
 the section that `strategy` names).
+
+Replay is a component, not a strategy's parent: the `replay_buffer` section of params.yaml
+configures one buffer of old-task samples, which the replay-based strategies (`replays = True`)
+always use and any other adds with `replay: true` in its own section (ewc + replay, lwf +
+replay).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from seqmtl.data import TaskDataset
+from seqmtl.data import TaskDataset, collate
 from seqmtl.tasks import Targets, Task
 
 Losses = dict[str, dict[str, Tensor]]
@@ -60,13 +65,60 @@ def total(parts: dict[str, Tensor]) -> Tensor:
     return torch.stack(list(parts.values())).sum()
 
 
+class ReplayBuffer:
+    """`per_task` fixed training samples of each old task, drawn once with a seeded generator.
+
+    Samples are drawn again through the dataset on every use, so they are augmented afresh.
+    """
+
+    def __init__(self, per_task: int, seed: int) -> None:
+        self.per_task = per_task
+        self.generator = torch.Generator().manual_seed(seed)
+        self.items: dict[str, tuple[TaskDataset, Tensor]] = {}
+
+    def add(self, task: str, dataset: TaskDataset) -> None:
+        """Keep the indices of `per_task` samples of `dataset` (all of them if it has fewer)."""
+        chosen = torch.randperm(len(dataset), generator=self.generator)[: self.per_task]
+        self.items[task] = (dataset, chosen.sort().values)
+
+    def sample(self, task: str, batch_size: int) -> tuple[Tensor, list[dict[str, Any]]]:
+        """`batch_size` buffered samples of `task`, drawn uniformly with replacement."""
+        dataset, indices = self.items[task]
+        picks = indices[torch.randint(len(indices), (batch_size,), generator=self.generator)]
+        return collate([dataset[int(i)] for i in picks])
+
+
+def check_replay(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The `replay_buffer` section as {per_task, batch_size (positive ints), weight (≥ 0)};
+    anything else raises a ValueError naming the param `replay_buffer.<key>`."""
+    checked = {}
+    for key, low in (("per_task", 1), ("batch_size", 1), ("weight", 0)):
+        value = cfg.get(key)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or value < low or (low and value != int(value)):
+            kind = "a positive integer" if low else "a number ≥ 0"
+            raise ValueError(f"replay_buffer.{key} must be {kind}, got {value!r}")
+        checked[key] = int(value) if low else float(value)
+    return checked
+
+
 class Strategy:
-    """Plain fine-tuning on the new task; subclasses override what they change."""
+    """Plain fine-tuning on the new task, with replay when configured; subclasses override what
+    they change.
+
+    With `replay` (the checked `replay_buffer` section), each step adds the losses of `batch_size`
+    buffered samples of every old task (`per_task` of each, drawn once per stage from its training
+    set with the stage's seed), and the default update weighs them by `weight` (λ):
+    L = L_new + λ·Σ_old L_old (+ the strategy's own terms at their `term_weight`).
+    """
 
     name = "strategy"
+    replays: bool | None = None  # True: always (defined on replayed losses); False: never;
+    # None: as its own section's `replay` (true | false, default false) says
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], replay: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
+        self.replay = replay
 
     def number(
         self, key: str, low: float = 0.0, high: float = math.inf, *, open_low: bool = False
@@ -95,15 +147,34 @@ class Strategy:
         return model
 
     def before_stage(self, ctx: StageContext) -> None:
-        """Prepare for the stage (buffers, frozen copies, …)."""
+        """Prepare for the stage (the replay buffer; subclasses: frozen copies, …)."""
+        if self.replay is not None:
+            self.buffer = ReplayBuffer(self.replay["per_task"], ctx.seed)
+            for task in ctx.old_tasks:
+                self.buffer.add(task, ctx.train_data(task))
+
+    def replayed(self, ctx: StageContext) -> Losses:
+        """The old tasks' losses on a batch of buffered samples each (none without replay)."""
+        if self.replay is None:
+            return {}
+        size = self.replay["batch_size"]
+        return {task: ctx.loss(task, *self.buffer.sample(task, size)) for task in ctx.old_tasks}
 
     def losses(self, ctx: StageContext, images: Tensor, targets: Targets) -> Losses:
-        """Loss components per term for one training batch of the new task."""
-        return {ctx.task: ctx.loss(ctx.task, images, targets)}
+        """Loss components per term for one training batch of the new task (and the replayed
+        old tasks' terms)."""
+        return {ctx.task: ctx.loss(ctx.task, images, targets)} | self.replayed(ctx)
+
+    def term_weight(self, ctx: StageContext, term: str) -> float:
+        """The factor of a term in the default update: λ for a replayed old task, else 1."""
+        if self.replay is not None and term in ctx.old_tasks:
+            return self.replay["weight"]
+        return 1.0
 
     def backward(self, ctx: StageContext, losses: Losses) -> None:
-        """Accumulate the gradients of the update (default: of the plain sum of all terms)."""
-        torch.stack([total(parts) for parts in losses.values()]).sum().backward()
+        """Accumulate the gradients of the update (default: of Σ term_weight · term)."""
+        weighted = [self.term_weight(ctx, name) * total(parts) for name, parts in losses.items()]
+        torch.stack(weighted).sum().backward()
 
     def after_stage(self, ctx: StageContext) -> None:
         """Finish the stage (Fisher information, …)."""
@@ -145,11 +216,18 @@ def strategy_names() -> list[str]:
 
 
 def build_strategy(name: str, params: dict[str, Any]) -> Strategy:
-    """The strategy `name`, configured by its own params section (params[name], may be absent).
+    """The strategy `name`, configured by its own params section (params[name], may be absent)
+    and, where it replays (always, or `replay: true` in its section), by `replay_buffer`.
 
     Only its own module is imported, so a stage depends on the code of the strategy it runs."""
     if name not in strategy_names():
         known = ", ".join(strategy_names())
         raise ValueError(f"strategy: unknown strategy {name!r}; known: {known}")
     importlib.import_module(f"seqmtl.strategies.{name}")
-    return STRATEGIES[name](params.get(name) or {})
+    cls, cfg = STRATEGIES[name], params.get(name) or {}
+    if "replay" in cfg and cls.replays is not None:
+        raise ValueError(f"{name}.replay: {name} {'always' if cls.replays else 'never'} replays")
+    replay = cls.replays if cls.replays is not None else cfg.get("replay", False)
+    if replay not in (True, False):
+        raise ValueError(f"{name}.replay must be true or false, got {replay!r}")
+    return cls(cfg, check_replay(params.get("replay_buffer") or {}) if replay else None)

@@ -31,6 +31,8 @@ class Cumulative(Strategy):
     an epoch of the new task. Plain sum, no weights; no params.
     """
 
+    replays = False  # it has every old sample already
+
     def before_stage(self, ctx: StageContext) -> None:
         self.batches: dict[str, Iterator[tuple[Tensor, list[dict[str, Any]]]]] = {}
         for k, task in enumerate(ctx.old_tasks):

@@ -58,11 +58,11 @@ class EWC(Strategy):
     latest stage.
     BatchNorm running statistics are buffers, not parameters, and are not protected.
 
-    cfg: lambda (λ ≥ 0), gamma (in [0, 1]).
+    cfg: lambda (λ ≥ 0), gamma (in [0, 1]), replay (true: add the replay component).
     """
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: dict[str, Any], replay: dict[str, Any] | None = None) -> None:
+        super().__init__(cfg, replay)
         self.weight = self.number("lambda")
         self.gamma = self.number("gamma", 0.0, 1.0)
         self.fisher: dict[str, Tensor] = {}
@@ -88,6 +88,7 @@ class EWC(Strategy):
         return self.weight * torch.stack(terms).sum()
 
     def before_stage(self, ctx: StageContext) -> None:
+        super().before_stage(ctx)
         self.fisher = {n: f.to(ctx.device) for n, f in self.fisher.items()}
         self.anchor = {n: a.to(ctx.device) for n, a in self.anchor.items()}
         for task in ctx.old_tasks:

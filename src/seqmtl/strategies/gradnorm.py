@@ -8,12 +8,11 @@ import torch
 from torch import Tensor
 
 from seqmtl.distributed import average_
-from seqmtl.strategies.base import Losses, StageContext, register, total
-from seqmtl.strategies.replay import Replay
+from seqmtl.strategies.base import Losses, StageContext, Strategy, register, total
 
 
 @register("gradnorm")
-class GradNorm(Replay):
+class GradNorm(Strategy):
     """L = Σ_i w_i·L_i over the losses in play (the new task's and each replayed old task's).
 
     Each step, with W the last shared layer's weight (`model.shared_layer()`):
@@ -28,13 +27,18 @@ class GradNorm(Replay):
     their own Adam optimiser; G_i = w_i·‖∇_W L_i‖ needs no second-order graph. The weights used
     in each step go to the strategy log (w_<task>), hence to plots/stageN/strategy.csv.
 
-    cfg: per_task, batch_size (the replay buffer's), alpha (≥ 0, the paper's 1.5), lr (> 0, the
+    Always with replay (the `replay_buffer` section's per_task and batch_size; its weight is unused:
+    the weights are GradNorm's).
+
+    cfg: alpha (≥ 0, the paper's 1.5), lr (> 0, the
     weights' Adam learning rate), old_weight (> 0, each old task's initial weight against 1),
     initial_steps (≥ 1, the steps averaged into L_i(0)).
     """
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__(cfg)
+    replays = True
+
+    def __init__(self, cfg: dict[str, Any], replay: dict[str, Any] | None = None) -> None:
+        super().__init__(cfg, replay)
         self.alpha = self.number("alpha")
         self.lr = self.number("lr", open_low=True)
         self.old_weight = self.number("old_weight", open_low=True)

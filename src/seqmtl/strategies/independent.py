@@ -53,6 +53,8 @@ class Independent(Strategy):
     1's), whose weights become the member of each task it served. No params.
     """
 
+    replays = False  # the old tasks' members are frozen
+
     def load_model(
         self,
         make_model: Callable[[], nn.Module],

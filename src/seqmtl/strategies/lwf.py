@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqmtl.strategies.base import Losses, StageContext, Strategy, register, total
+from seqmtl.strategies.base import Losses, StageContext, Strategy, register
 from seqmtl.tasks import Targets
 
 
@@ -75,15 +75,20 @@ class LwF(Strategy):
     the paper is silent: T² scaling of the KL terms (Hinton et al. 2015) so λ keeps its meaning
     across temperatures; detection distils dense maps rather than proposals (see `distil_det`).
 
-    cfg: lambda (λ ≥ 0), temperature (T > 0; the paper's 2).
+    With replay, the replayed old tasks' losses are added as well (their own targets, weighted
+    by the `replay_buffer` section's weight), and distillation stays on the new task's images.
+
+    cfg: lambda (λ ≥ 0), temperature (T > 0; the paper's 2), replay (true: add the replay
+    component).
     """
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: dict[str, Any], replay: dict[str, Any] | None = None) -> None:
+        super().__init__(cfg, replay)
         self.weight = self.number("lambda")
         self.temperature = self.number("temperature", open_low=True)
 
     def before_stage(self, ctx: StageContext) -> None:
+        super().before_stage(ctx)
         self.teacher = copy.deepcopy(ctx.model).eval().requires_grad_(False)
 
     def losses(self, ctx: StageContext, images: Tensor, targets: Targets) -> Losses:
@@ -95,7 +100,7 @@ class LwF(Strategy):
         for task in ctx.old_tasks:
             distilled |= DISTILLATION[task](outputs[task], teacher[task], self.temperature)
         new = ctx.tasks[ctx.task].loss(outputs, targets, images.shape[-1])
-        return {ctx.task: new, "lwf": distilled}
+        return {ctx.task: new, "lwf": distilled} | self.replayed(ctx)
 
-    def backward(self, ctx: StageContext, losses: Losses) -> None:
-        (total(losses[ctx.task]) + self.weight * total(losses["lwf"])).backward()
+    def term_weight(self, ctx: StageContext, term: str) -> float:
+        return self.weight if term == "lwf" else super().term_weight(ctx, term)

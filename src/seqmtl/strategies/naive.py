@@ -5,4 +5,6 @@ from seqmtl.strategies.base import Strategy, register
 
 @register("naive")
 class Naive(Strategy):
-    """Exactly the base behaviour: the new task's loss, nothing else."""
+    """Exactly the base behaviour: the new task's loss, nothing else (with replay: `replay`)."""
+
+    replays = False

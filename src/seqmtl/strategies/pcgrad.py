@@ -8,8 +8,7 @@ from torch import Tensor
 
 from seqmtl.distributed import average_
 from seqmtl.model import shared_parameters
-from seqmtl.strategies.base import Losses, StageContext, register, total
-from seqmtl.strategies.replay import Replay
+from seqmtl.strategies.base import Losses, StageContext, Strategy, register, total
 
 
 def project_conflicting(grads: Tensor, generator: torch.Generator) -> Tensor:
@@ -26,15 +25,18 @@ def project_conflicting(grads: Tensor, generator: torch.Generator) -> Tensor:
 
 
 @register("pcgrad")
-class PCGrad(Replay):
+class PCGrad(Strategy):
     """The losses in play (the new task's and each replayed old task's, unweighted) each give a
     gradient; on the shared parameters (trunk and the head's hidden layers, as one vector) they
     are combined by `project_conflicting`, in an order drawn from a generator seeded with the
     stage's seed; the task-specific parameters (the head's last conv) get the plain sum. Logs
     the number of conflicting pairs (negative dot products) per step.
 
-    cfg: per_task, batch_size (the replay buffer's).
+    Always with replay (the `replay_buffer` section's per_task and batch_size; its weight is
+    unused). No params of its own.
     """
+
+    replays = True
 
     def before_stage(self, ctx: StageContext) -> None:
         super().before_stage(ctx)

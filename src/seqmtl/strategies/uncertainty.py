@@ -8,12 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from seqmtl.strategies.base import Losses, StageContext, register, total
-from seqmtl.strategies.replay import Replay
+from seqmtl.strategies.base import Losses, StageContext, Strategy, register, total
 
 
 @register("uncertainty")
-class Uncertainty(Replay):
+class Uncertainty(Strategy):
     """L = Σ_i exp(-s_i)·L_i + s_i over the losses in play (the new task's and each replayed old
     task's), with s_i = log sigma_i² learned with the model (the loop's optimiser, no weight decay,
     in their own param group at learning rate `lr`).
@@ -27,11 +26,16 @@ class Uncertainty(Replay):
     within about [0.55, 1.8] and the weighting is replay's plain sum in all but name; the optimum
     log L_i lies between about -5 and 1 for the losses here.
 
-    cfg: per_task, batch_size (the replay buffer's), lr (> 0, the s_i's learning rate).
+    Always with replay (the `replay_buffer` section's per_task and batch_size; its weight is unused:
+    the weights are learned).
+
+    cfg: lr (> 0, the s_i's learning rate).
     """
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__(cfg)
+    replays = True
+
+    def __init__(self, cfg: dict[str, Any], replay: dict[str, Any] | None = None) -> None:
+        super().__init__(cfg, replay)
         self.lr = self.number("lr", open_low=True)
         self.log_variances = nn.ParameterDict()
 
