@@ -22,9 +22,8 @@ class Uncertainty(Strategy):
     each s_i starts at 0 for a task first in play and is carried to the next stage otherwise (the
     noise level belongs to the task). Logs the weights w_<task> = exp(-s_<task>) every step.
     The s_i get their own learning rate: Adam moves a parameter by at most its lr per step, so at
-    the model's lr (2e-3, warmed up and decayed) a stage of a few hundred steps keeps exp(-s)
-    within about [0.55, 1.8] and the weighting is replay's plain sum in all but name; the optimum
-    log L_i lies between about -5 and 1 for the losses here.
+    the model's lr, warmed up and decayed, a stage of a few hundred steps cannot carry s far from
+    0 and the weighting stays close to replay's plain sum.
 
     Always with replay (the `replay_buffer` section's per_task and batch_size; its weight is unused:
     the weights are learned).
