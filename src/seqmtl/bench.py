@@ -38,9 +38,9 @@ from seqmtl.subsample import subsample
 from seqmtl.synthetic import COCO_FIRST_TEN, generate
 from seqmtl.tasks import build_tasks
 from seqmtl.timing import first_backbone, inference_timings, interleaved, ratio, summary
-from seqmtl.train import train_step
+from seqmtl.train import build_optimizer, train_step
 
-REAL_SIZES = {"seg": 256, "det": 320, "cls": 160}  # the real-data profile's (Makefile, REAL)
+REAL_SIZES = {"seg": 256, "det": 320, "cls": 224}  # the real-data profile's (Makefile, REAL)
 
 
 def training_timings(
@@ -54,7 +54,7 @@ def training_timings(
     tasks = build_tasks(model.num_classes, 0.5)
     ctx = StageContext(model, tasks, task, [], device, 0, batch, lambda _: data)
     strategy = build_strategy("naive", {})
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = build_optimizer(model, strategy, 1e-4, {"weight_decay": 1e-4, "backbone_lr": 0.1})
     batches = iter(())
     backbone = first_backbone(model)
     x = torch.rand(batch, 3, size, size, device=device)
