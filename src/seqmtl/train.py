@@ -94,7 +94,8 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW with three param groups: the backbone at lr x `train.backbone_lr` (a pretrained
     network is fine-tuned, not retrained), the rest of the model at lr, and the strategy's own
-    parameters at `strategy.parameters_lr(lr)` without weight decay."""
+    parameters at `strategy.parameters_lr(lr)` without weight decay. The fused kernel updates
+    every parameter in one pass instead of one per tensor, the same update, faster on the CPU."""
     multiplier = train_cfg.get("backbone_lr")
     if isinstance(multiplier, bool) or not isinstance(multiplier, int | float) or multiplier < 0:
         raise ValueError(f"train.backbone_lr must be a number >= 0, got {multiplier!r}")
@@ -112,6 +113,7 @@ def build_optimizer(
         ],
         lr=lr,
         weight_decay=float(train_cfg["weight_decay"]),
+        fused=True,
     )
 
 
