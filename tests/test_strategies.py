@@ -333,6 +333,44 @@ def test_lwf_teacher_never_changes_during_the_stage(tiny_mini: Path) -> None:
     assert any(not torch.equal(v, student[k]) for k, v in model.state_dict().items())
 
 
+# --- DER++ ---
+
+
+def test_derpp_recalls_the_outputs_its_old_tasks_ended_with(tiny_mini: Path) -> None:
+    """The recorded views are the datasets' own samples (stored as uint8 without loss), the
+    recorded outputs are the stage-start model's, so their error starts at zero and grows as the
+    model learns the new task; the records are carried to the next stage, never recomputed."""
+    params = small_params(strategy="derpp")
+    model = small_model(tiny_mini)
+    ctx = context(model, tiny_mini, "det", ["seg"])
+    strategy = build_strategy("derpp", params)
+    strategy.before_stage(ctx)
+    images, outputs = strategy.records["seg"]
+    dataset, indices = strategy.buffer.items["seg"]
+    assert images.dtype == torch.uint8 and len(images) == len(indices) == 4
+    for image, i in zip(images, indices, strict=True):
+        torch.testing.assert_close(image.float() / 255, dataset[int(i)][0], rtol=0, atol=1e-7)
+    model.train()
+    start = strategy.losses(ctx, *collate([ctx.train_data("det")[i] for i in range(4)]))
+    assert set(start) == {"det", "seg", "derpp"} and start["derpp"]["seg"].item() < 1e-10
+    recorded = outputs.clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(ctx.train_data("det"), batch_size=4, collate_fn=collate)
+    for batch in loader:
+        optimizer.zero_grad()
+        losses = strategy.losses(ctx, *batch)
+        strategy.backward(ctx, losses)
+        optimizer.step()
+    assert losses["derpp"]["seg"].item() > 1e-4
+    torch.testing.assert_close(strategy.records["seg"][1], recorded, rtol=0, atol=0)
+
+    carried = build_strategy("derpp", params)
+    carried.load_state_dict(strategy.state_dict())
+    carried.before_stage(context(model, tiny_mini, "cls", ["seg", "det"]))
+    assert carried.records["seg"][1] is outputs
+    assert carried.records["det"][1].shape[0] == 4
+
+
 # --- cumulative ---
 
 
@@ -457,6 +495,7 @@ def test_unknown_strategy_fails_with_a_clear_message(stage1: Path, tiny_mini: Pa
         ("ewc", "gamma", 1.5),
         ("lwf", "lambda", -0.1),
         ("lwf", "temperature", 0),
+        ("derpp", "alpha", -0.5),
         ("gradnorm", "alpha", -1),
         ("gradnorm", "lr", 0.0),
         ("gradnorm", "old_weight", "one"),
