@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seqmtl.backbones import BACKBONES
-from seqmtl.model import STRIDE, UnifiedModel
+from seqmtl.model import STRIDE, UnifiedModel, eval_mode
 
 COUNTS = {"seg": 21, "det": 10, "cls": 10}
 
@@ -65,3 +65,12 @@ def test_zero_task_output_starts_that_task_at_its_bias() -> None:
     torch.testing.assert_close(after["det"], bias.expand_as(after["det"]))
     for task in ("seg", "cls"):
         assert torch.equal(after[task], before[task]), task
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eval_mode_restores_the_previous_mode_even_on_error(training: bool) -> None:
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.Dropout()).train(training)
+    with pytest.raises(RuntimeError, match="inside"), eval_mode(model) as inside:
+        assert inside is model and not any(m.training for m in model.modules())
+        raise RuntimeError("inside")
+    assert all(m.training == training for m in model.modules())

@@ -8,6 +8,7 @@ location of the stride-8 map, and classification logits (B, C_cls) by global ave
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -118,6 +119,17 @@ class UnifiedModel(nn.Module):
             "det": det.flatten(2).transpose(1, 2),
             "cls": cls.mean((2, 3)),
         }
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode inside the block, back in the mode it had after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def shared_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

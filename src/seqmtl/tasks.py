@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from seqmtl.data import TaskDataset
 from seqmtl.detection import decode, detection_loss, locations
 from seqmtl.metrics import IGNORE_INDEX, ConfusionMatrix, coco_detection_metrics, miou, top1
-from seqmtl.model import STRIDE
+from seqmtl.model import STRIDE, eval_mode
 
 Targets = list[dict[str, Any]]
 
@@ -45,14 +45,10 @@ class Task:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
         """Metrics on the loader's (unshuffled, unaugmented) split; restores the model's mode."""
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             for images, targets in loader:
                 self.accumulate(model(images.to(device), tasks=(self.name,)), targets, loader)
-            return self.summarise(loader.dataset)
-        finally:
-            model.train(was_training)
+        return self.summarise(loader.dataset)
 
     def accumulate(self, outputs: dict[str, Tensor], targets: Targets, loader: DataLoader) -> None:
         raise NotImplementedError

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2.functional import to_dtype
 
+from seqmtl.model import eval_mode
 from seqmtl.strategies.base import Losses, StageContext, Strategy, register
 from seqmtl.tasks import Targets
 
@@ -45,16 +46,11 @@ class DERpp(Strategy):
         """Store one view of each of `task`'s buffered samples and the model's outputs on it."""
         dataset, indices = self.buffer.items[task]
         images = torch.stack([dataset[int(i)][0] for i in indices])
-        was_training = ctx.model.training
-        ctx.model.eval()
-        try:
-            with torch.no_grad():
-                outputs = [
-                    ctx.model(chunk.to(ctx.device), tasks=(task,))[task].float().cpu()
-                    for chunk in images.split(ctx.batch_size)
-                ]
-        finally:
-            ctx.model.train(was_training)
+        with torch.no_grad(), eval_mode(ctx.model) as model:
+            outputs = [
+                model(chunk.to(ctx.device), tasks=(task,))[task].float().cpu()
+                for chunk in images.split(ctx.batch_size)
+            ]
         self.records[task] = (to_dtype(images, torch.uint8, scale=True), torch.cat(outputs))
 
     def before_stage(self, ctx: StageContext) -> None:

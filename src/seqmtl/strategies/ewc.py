@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from seqmtl.model import shared_parameters
+from seqmtl.model import eval_mode, shared_parameters
 from seqmtl.strategies.base import (
     Losses,
     StageContext,
@@ -29,9 +29,7 @@ def empirical_fisher(ctx: StageContext, task: str) -> dict[str, Tensor]:
     params = shared_parameters(model)
     fisher = {name: torch.zeros_like(p) for name, p in params.items()}
     dataset = ctx.train_data(task)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for i in range(len(dataset)):
             image, target = dataset[i]
             loss = total(ctx.loss(task, image[None], [target]))
@@ -39,8 +37,6 @@ def empirical_fisher(ctx: StageContext, task: str) -> dict[str, Tensor]:
             for name, grad in zip(params, grads, strict=True):
                 if grad is not None:
                     fisher[name] += grad.detach() ** 2 / len(dataset)
-    finally:
-        model.train(was_training)
     return fisher
 
 
