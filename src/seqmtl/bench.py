@@ -10,8 +10,9 @@ comparison as the median of the per-round ratios. Per backbone:
   decoding): the bare backbone's features and the whole model, both as `for_inference` copies,
   and the whole model as trained ("eager");
 - training, per task at its `--sizes` side (the real-data profile's by default): one full step
-  (data, forward, loss, backward, clipping, AdamW; `seqmtl.train.train_step`) against the bare
-  backbone's forward + backward on a batch of the same shape;
+  (data, forward, loss, backward, clipping, AdamW as params.yaml's `train` section sets them;
+  `seqmtl.train.train_step`) against the bare backbone's forward + backward on a batch of the
+  same shape;
 and once: one epoch of the data path (cls train samples) from the decoded-image cache against
 decoding every JPEG again. The CPU model, thread count and torch version go with the figures.
 Data: `--mini` (e.g. data/mini), else a seeded synthetic set generated in a temporary folder.
@@ -33,6 +34,7 @@ from seqmtl.data import TASKS, TaskDataset, build_dataset, class_names, collate
 from seqmtl.files import write_json
 from seqmtl.model import UnifiedModel
 from seqmtl.runtime import machine, resolve_device
+from seqmtl.stage import load_params
 from seqmtl.strategies import StageContext, build_strategy
 from seqmtl.subsample import subsample
 from seqmtl.synthetic import COCO_FIRST_TEN, generate
@@ -54,7 +56,8 @@ def training_timings(
     tasks = build_tasks(model.num_classes, 0.5)
     ctx = StageContext(model, tasks, task, [], device, 0, batch, lambda _: data)
     strategy = build_strategy("naive", {})
-    optimizer = build_optimizer(model, strategy, 1e-4, {"weight_decay": 1e-4, "backbone_lr": 0.1})
+    train_cfg = load_params()["train"]  # the pipeline's optimizer settings and clipping
+    optimizer = build_optimizer(model, strategy, 1e-4, train_cfg)
     batches = iter(())
     backbone = first_backbone(model)
     x = torch.rand(batch, 3, size, size, device=device)
@@ -66,7 +69,7 @@ def training_timings(
         except StopIteration:
             batches = iter(loader)
             images, targets = next(batches)
-        train_step(ctx, strategy, images, targets, optimizer, False, 10.0)
+        train_step(ctx, strategy, images, targets, optimizer, False, train_cfg["clip_grad_norm"])
 
     def bare() -> None:
         backbone.zero_grad(set_to_none=True)
