@@ -111,6 +111,16 @@ def test_timing_restored_from_run_cache_is_not_counted() -> None:
     assert replay["training_seconds"] == {"mean": 61.0, "std": pytest.approx(1.414214), "n": 2}
 
 
+def test_other_strategies_sections_do_not_split_a_sweep() -> None:
+    """A section added for another strategy after the runs (no stage of theirs reads it) keeps
+    them in; a change of their own strategy's section does not."""
+    runs = read_runs(exp_show())
+    base = BASE | {"lwf": {"lambda": 1.0}, "derpp": {"alpha": 0.5}}
+    chosen = {r["name"] for r in select(runs, base, {})}
+    assert {"replay0", "replay1", "replay2"} <= chosen
+    assert not {n for n in chosen if n.startswith("lwf")}
+
+
 def test_undefined_relative_drop() -> None:
     """`dvc exp show` drops the null relative drop of a task that was never learned."""
     runs = select(read_runs(exp_show()), BASE, {})

@@ -6,8 +6,9 @@
 Reads `dvc exp show --json --rev REV` for each REV (default HEAD; or `--input`, a saved copy):
 the run committed at REV and every finished experiment based on it. A run takes part when its
 params equal params.yaml except for `strategy`, `seed`, `data.mirror` (where the archives were
-read from, a machine's path) and the keys given with `-S` (which it must match), so runs of
-another configuration (real data, other epochs) never mix in; one run per (strategy, seed),
+read from, a machine's path), the sections of the strategies it did not run (no stage of it
+reads them) and the keys given with `-S` (which it must match), so runs of another
+configuration (real data, other epochs) never mix in; one run per (strategy, seed),
 preferring one that timed its own stages 2 and 3 (a run whose stages DVC restored from its run
 cache has no training time of its own). Writes metrics/<name>.json, metrics/<name>.md (table)
 and plots/<name>.png:
@@ -42,6 +43,7 @@ from scipy.stats import false_discovery_control, ttest_rel
 from seqmtl.check import dvc, flatten
 from seqmtl.data import TASKS
 from seqmtl.files import atomic_file, save_png, write_json
+from seqmtl.strategies import strategy_names
 
 ALPHA = 0.05
 VARIED = ("strategy", "seed", "data.mirror")
@@ -82,14 +84,15 @@ def read_runs(exp_show: list[dict[str, Any]]) -> list[Run]:
 
 
 def select(runs: list[Run], base: dict[str, Any], fixed: dict[str, Any]) -> list[Run]:
-    """Runs equal to `base` except for VARIED and `fixed` (which they must match), one per
-    (strategy, seed): the first listed with its own training time of stages 2 and 3, else the
-    first listed."""
+    """Runs equal to `base` except for VARIED, other strategies' sections and `fixed` (which
+    they must match), one per (strategy, seed): the first listed with its own training time of
+    stages 2 and 3, else the first listed."""
     base_flat = flatten(base)
     chosen: dict[tuple[str, int], Run] = {}
     for run in runs:
         flat = flatten(run["params"])
-        keys = set(base_flat) | set(flat)
+        unread = set(strategy_names()) - {flat["strategy"]}
+        keys = {k for k in set(base_flat) | set(flat) if k.split(".")[0] not in unread}
         if any(flat.get(k) != fixed[k] for k in fixed) or any(
             flat.get(k) != base_flat.get(k) for k in keys - set(VARIED) - set(fixed)
         ):
