@@ -24,6 +24,7 @@ from seqmtl.evaluate import (
     efficiency_summary,
     evaluate_sequence,
     inference_efficiency,
+    read_timing,
     running_statistics,
 )
 from seqmtl.figures import write_figures
@@ -82,8 +83,8 @@ def main() -> None:
         model, device, int(latency["image_size"]), int(latency["rounds"])
     )
     efficiency = efficiency_summary(
-        {name: read(f"{name}_time") for name in names},
-        {t: read(f"reference_{t}_time") for t in TASKS[1:]},
+        {name: read_timing(METRICS, name) for name in names},
+        {t: read_timing(METRICS, f"reference_{t}") for t in TASKS[1:]},
         inference,
     )
     write_json(METRICS / "eval.json", evaluation)

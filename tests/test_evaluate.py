@@ -16,9 +16,11 @@ from seqmtl.evaluate import (
     backward_transfer,
     batchnorm_drift,
     compare,
+    efficiency_summary,
     evaluate_sequence,
     forgetting,
     forgetting_matrix,
+    read_timing,
     running_statistics,
 )
 from seqmtl.figures import write_figures
@@ -107,12 +109,14 @@ EFFICIENCY = {
                           "threads": 2}
             for s in (1, 2, 3)
         },
+        "untimed": [],
         "total_seconds": 30.0,
         "max_peak_memory_mb": 900.0,
     },
     "references": {
         "runs": {t: {"train_seconds": 10.0, "peak_memory_mb": 900.0, "device": "cpu", "threads": 2}
                  for t in ("det", "cls")},
+        "untimed": [],
         "total_seconds": 20.0,
         "max_peak_memory_mb": 900.0,
     },
@@ -194,6 +198,27 @@ def test_reference_trains_one_task_alone(tiny_mini: Path, tmp_path: Path) -> Non
     assert (paths.plots / "val.csv").read_text().splitlines()[1].startswith("1,2,")  # own epoch 1
     checkpoint = torch.load(paths.checkpoint, weights_only=True)
     assert checkpoint["tasks"] == ["det"] and checkpoint["strategy"] == "naive"
+    assert read_timing(tmp_path, "reference_det")["train_seconds"] > 0
+    # Another run's outputs in place (as DVC's run cache restores them): its timing is not this.
+    paths.metrics.write_text(paths.metrics.read_text().replace('"naive"', '"other"'))
+    assert read_timing(tmp_path, "reference_det") is None
+
+
+def test_untimed_runs_are_left_out_of_the_totals_and_named_in_the_report() -> None:
+    timed = {"train_seconds": 12.5, "peak_memory_mb": 700.0, "device": "cpu", "threads": 2}
+    summary = efficiency_summary(
+        {"stage1": None, "stage2": timed, "stage3": timed}, {"det": None, "cls": None},
+        EFFICIENCY["inference"],
+    )  # fmt: skip
+    assert summary["training"]["untimed"] == ["stage1"]
+    assert summary["training"]["total_seconds"] == 25.0
+    assert set(summary["training"]["runs"]) == {"stage2", "stage3"}
+    assert summary["references"] == {
+        "runs": {}, "untimed": ["det", "cls"], "total_seconds": 0, "max_peak_memory_mb": None,
+    }  # fmt: skip
+    evaluation = evaluated([[0.68], [0.01, 0.68], [0.007, 0.001, 0.97]], (0.68, 0.6, 0.9))
+    report = render_report(evaluation | {"parameters": 3_176_878}, summary, {})
+    assert "25.0 s in all: stage2 12.5 s, stage3 12.5 s, stage1 restored from DVC's run" in report
 
 
 def test_batchnorm_drift_splits_the_drop() -> None:

@@ -53,9 +53,10 @@ Run = dict[str, Any]
 
 def read_runs(exp_show: list[dict[str, Any]]) -> list[Run]:
     """Params, metrics and own training seconds per stage of each committed run and of its
-    finished experiments. The timing files are not declared outputs, so a stage that DVC
-    restores from its run cache leaves the committed run's timing in place: an experiment's
-    stage whose entry equals its commit's was not timed in that experiment and is left out."""
+    finished experiments. A stage that DVC restored from its run cache was not timed in that
+    experiment: evaluate lists it under `untimed` (`evaluate.read_timing`), and an entry equal
+    to its commit's (an experiment evaluated before timings recorded their metrics' digest) is
+    left out too."""
     runs = []
     for commit in exp_show:
         if commit["rev"] == "workspace":

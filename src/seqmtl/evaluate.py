@@ -27,14 +27,17 @@ of the stage metrics.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from seqmtl.data import TASKS
+from seqmtl.files import file_digest
 from seqmtl.runtime import machine, peak_memory_mb
 from seqmtl.tasks import Classification, Detection, Segmentation
 from seqmtl.timing import inference_timings
@@ -198,24 +201,38 @@ def inference_efficiency(
     }
 
 
+def read_timing(metrics: Path, name: str) -> dict[str, Any] | None:
+    """`metrics`/`name`_time.json if it timed the run that wrote `metrics`/`name`.json, else None.
+
+    The timing files are not declared outputs (they differ run to run), so a stage that DVC
+    restores from its run cache leaves in place the timing of whichever run wrote it last; the
+    digest of its metrics file, recorded beside the times, tells the two apart."""
+    timing = json.loads((metrics / f"{name}_time.json").read_text())
+    return timing if timing.get("metrics_md5") == file_digest(metrics / f"{name}.json") else None
+
+
 def efficiency_summary(
-    stage_timings: dict[str, dict[str, Any]],
-    reference_timings: dict[str, dict[str, Any]],
+    stage_timings: dict[str, dict[str, Any] | None],
+    reference_timings: dict[str, dict[str, Any] | None],
     inference: dict[str, Any],
 ) -> dict[str, Any]:
     """The non-deterministic numbers (metrics/efficiency.json): each training run's seconds, peak
-    memory, device and threads (from metrics/*_time.json) with the total seconds and the largest
-    peak, for the stages and for the single-task references; and the final model's inference."""
+    memory, device and threads (from `read_timing`) with the total seconds and the largest peak,
+    for the stages and for the single-task references; and the final model's inference. A run
+    whose timing is None (restored from DVC's run cache, not timed here) is listed under
+    `untimed` and left out of the totals."""
 
-    def summary(timings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def summary(timings: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
         runs = {
             name: {key: t[key] for key in ("train_seconds", "peak_memory_mb", "device", "threads")}
             for name, t in timings.items()
+            if t is not None
         }
         return {
             "runs": runs,
+            "untimed": [name for name, t in timings.items() if t is None],
             "total_seconds": round(sum(r["train_seconds"] for r in runs.values()), 2),
-            "max_peak_memory_mb": max(r["peak_memory_mb"] for r in runs.values()),
+            "max_peak_memory_mb": max((r["peak_memory_mb"] for r in runs.values()), default=None),
         }
 
     return {

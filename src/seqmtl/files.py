@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -51,6 +52,11 @@ def write_json(path: Path, obj: Any) -> None:
     with atomic_file(path) as handle:
         json.dump(obj, handle, indent=2, sort_keys=True)
         handle.write("\n")
+
+
+def file_digest(path: Path) -> str:
+    """The MD5 hex digest of the file's bytes (DVC's own content hash)."""
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 def save_png(fig: Figure, path: Path, dpi: int = 110) -> None:

@@ -71,6 +71,19 @@ def findings(evaluation: dict[str, Any]) -> list[str]:
     return lines
 
 
+def run_times(summary: dict[str, Any]) -> str:
+    """Each timed run's seconds, then the runs DVC restored from its run cache (untimed)."""
+    return ", ".join(
+        [f"{name} {r['train_seconds']:.1f} s" for name, r in summary["runs"].items()]
+        + [f"{name} restored from DVC's run cache (not timed)" for name in summary["untimed"]]
+    )
+
+
+def megabytes(value: float | None) -> str:
+    """`value` MB, or a dash where nothing was measured."""
+    return "—" if value is None else f"{value:.0f} MB"
+
+
 def render_report(
     evaluation: dict[str, Any], efficiency: dict[str, Any], figures: dict[str, str]
 ) -> str:
@@ -122,24 +135,18 @@ def render_report(
         ],
         [
             "Training time",
-            f"{training['total_seconds']:.1f} s in all: "
-            + ", ".join(
-                f"{name} {r['train_seconds']:.1f} s" for name, r in training["runs"].items()
-            )
+            f"{training['total_seconds']:.1f} s in all: {run_times(training)}"
             + f" ({'; '.join(sorted(devices))})",
         ],
         [
             "Single-task references",
-            ", ".join(
-                f"{name} {r['train_seconds']:.1f} s" for name, r in references["runs"].items()
-            )
-            + " of training",
+            f"{run_times(references)} of training",
         ],
         [
             "Peak memory",
-            f"training {training['max_peak_memory_mb']:.0f} MB (largest stage), inference "
-            f"{inference['peak_memory_mb']:.0f} MB (GPU memory allocated on cuda, else the "
-            "process's peak resident set)",
+            f"training {megabytes(training['max_peak_memory_mb'])} (largest timed stage), "
+            f"inference {inference['peak_memory_mb']:.0f} MB (GPU memory allocated on cuda, else "
+            "the process's peak resident set)",
         ],
     ]
     found = findings(evaluation)

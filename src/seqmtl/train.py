@@ -19,7 +19,7 @@ from tqdm import tqdm
 from seqmtl.checkpoints import model_factory
 from seqmtl.data import TASKS, TaskDataset, build_dataset, collate, task_image_sizes
 from seqmtl.distributed import average_, is_main, rank, setup, teardown, world_size
-from seqmtl.files import atomic_dir, atomic_file, write_json
+from seqmtl.files import atomic_dir, atomic_file, file_digest, write_json
 from seqmtl.logs import write_csv
 from seqmtl.model import UnifiedModel, backbone_parameters
 from seqmtl.runtime import peak_memory_mb, resolve_device, seed_everything
@@ -334,6 +334,7 @@ def _train_stage(
             "peak_memory_mb": round(peak_memory_mb(device), 1),
             "device": str(device),
             "threads": torch.get_num_threads(),
+            "metrics_md5": file_digest(paths.metrics),  # which run this timed (evaluate checks)
         },
     )
     write_csv(paths.plots / "train.csv", train_rows)
