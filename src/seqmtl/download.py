@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import http.client
 import shutil
 import stat
@@ -21,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from seqmtl.files import atomic_dir
+from seqmtl.files import atomic_dir, file_digest
 
 CHUNK = 1 << 20
 TIMEOUT_S = 30.0
@@ -106,15 +105,11 @@ def _with_mirror(archives: tuple[Archive, ...], mirror: str) -> tuple[Archive, .
 
 
 def _mismatch(path: Path, checksum: str | None) -> str | None:
-    """Why `path` fails `checksum` (hashed in 1 MiB chunks); None if it matches or is None."""
+    """Why `path` fails `checksum`; None if it matches or is None."""
     if checksum is None:
         return None
     algo, _, expected = checksum.partition(":")
-    digest = hashlib.new(algo)
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    actual = digest.hexdigest()
+    actual = file_digest(path, algo)
     if actual == expected.lower():
         return None
     return f"checksum mismatch for {path.name}: expected {checksum}, got {algo}:{actual}"

@@ -54,9 +54,13 @@ def write_json(path: Path, obj: Any) -> None:
         handle.write("\n")
 
 
-def file_digest(path: Path) -> str:
-    """The MD5 hex digest of the file's bytes (DVC's own content hash)."""
-    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+def file_digest(path: Path, algo: str = "md5") -> str:
+    """The hex digest of the file's bytes under hashlib's `algo`, read in 1 MiB chunks."""
+    digest = hashlib.new(algo)
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_png(fig: Figure, path: Path, dpi: int = 110) -> None:
