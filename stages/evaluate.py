@@ -8,7 +8,6 @@ metrics/report.md.
 """
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ from seqmtl.evaluate import (
     running_statistics,
 )
 from seqmtl.figures import write_figures
-from seqmtl.files import atomic_file, write_json
-from seqmtl.report import render_report
+from seqmtl.files import write_json
+from seqmtl.report import write_report
 from seqmtl.runtime import resolve_device
 from seqmtl.stage import load_params, run
 from seqmtl.tasks import build_tasks
@@ -90,9 +89,7 @@ def main() -> None:
     write_json(METRICS / "eval.json", evaluation)
     write_json(METRICS / "efficiency.json", efficiency)
     figures = write_figures(Path("plots"), Path("plots/evaluate"), evaluation)
-    links = {caption: os.path.relpath(path, REPORT.parent) for caption, path in figures.items()}
-    with atomic_file(REPORT) as handle:
-        handle.write(render_report(evaluation, efficiency, links))
+    write_report(REPORT, evaluation, efficiency, figures)
 
 
 if __name__ == "__main__":

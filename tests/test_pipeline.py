@@ -87,7 +87,7 @@ def test_reproduction_check_passes_then_catches_a_changed_seed(repo: Path) -> No
     assert "metrics/stage1.json: final.seg.miou: committed" in result.stdout
 
 
-def test_queued_sweep_and_comparison(repo: Path) -> None:
+def test_queued_sweep_comparison_and_export(repo: Path) -> None:
     run(repo, "git", "checkout", "--", "params.yaml")
 
     def sweep(*strategies: str) -> None:
@@ -116,3 +116,27 @@ def test_queued_sweep_and_comparison(repo: Path) -> None:
     assert sorted(comparison["strategies"]) == ["naive", "replay"]
     assert all(2 in s["seeds"] for s in comparison["strategies"].values())
     assert "| seg | naive - replay |" in output and (repo / "plots" / "sweep.png").is_file()
+
+    # The replay run kept in the repository: the files, figures and report `dvc exp apply` puts
+    # in the workspace, the report's figure links resolving from its new folder.
+    run(repo, sys.executable, "-m", "seqmtl.export", second, "kept/replay")
+    run(repo, "dvc", "exp", "apply", second)
+    kept, figures = repo / "metrics" / "kept" / "replay", repo / "plots" / "kept" / "replay"
+    for name in ("stage3.json", "reference_cls.json", "eval.json", "efficiency.json"):
+        assert (kept / name).read_bytes() == (repo / "metrics" / name).read_bytes()
+    assert json.loads((kept / "eval.json").read_text())["strategy"] == "replay"
+    pngs = sorted((repo / "plots" / "evaluate").glob("*.png"))
+    assert pngs and [p.name for p in pngs] == sorted(p.name for p in figures.iterdir())
+    assert all((figures / p.name).read_bytes() == p.read_bytes() for p in pngs)
+    report, original = ((f / "report.md").read_text() for f in (kept, repo / "metrics"))
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert len(links) == len(pngs) and all((kept / link).is_file() for link in links)
+    assert report.split("## Figures")[0] == original.split("## Figures")[0]
+    missing = subprocess.run(
+        [sys.executable, "-m", "seqmtl.export", "no-such-run", "kept/none"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and "'no-such-run': no such experiment" in missing.stderr
+    assert not (repo / "metrics" / "kept" / "none").exists()

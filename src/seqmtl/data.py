@@ -64,6 +64,14 @@ class DataError(ValueError):
     """Bad input data; the message names the offending file or folder."""
 
 
+def task_order(mapping: dict[str, Any]) -> dict[str, Any]:
+    """`mapping` with its task keys in the sequence's order, then its other keys: results read
+    back from key-sorted JSON are reported in the order the tasks were learned."""
+    return {t: mapping[t] for t in TASKS if t in mapping} | {
+        key: value for key, value in mapping.items() if key not in TASKS
+    }
+
+
 def read_image(path: Path, mask: bool = False) -> Image.Image:
     """Decode an image fully, as RGB; a `mask` (palette or grey PNG) as it is. Truncated or
     corrupt files raise DataError naming the file."""

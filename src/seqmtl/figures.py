@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from seqmtl.data import TASKS
+from seqmtl.data import TASKS, task_order
 from seqmtl.evaluate import METRIC_NAME
 from seqmtl.files import atomic_dir, save_png
 from seqmtl.logs import read_weights
@@ -70,7 +70,7 @@ def forgetting_figure(
     """One panel per task: its val metric over global epochs, its baseline and the tolerance line
     (1 - max_drop) x baseline from the end of its stage on, its single-task reference (drawn over
     its stage's epochs) and the chance level."""
-    tasks = evaluation["tasks"]
+    tasks = task_order(evaluation["tasks"])
     keep = 1 - evaluation["max_drop"]
     last = max(hi for _, hi in spans.values())
     fig = Figure(figsize=(9, 2.5 * len(tasks)), layout="constrained")
@@ -106,7 +106,7 @@ def forgetting_figure(
 def matrix_figure(evaluation: dict) -> Figure:
     """The forgetting matrix as a heatmap: each cell annotated with R[i][j] and coloured by the
     fraction of task j's baseline kept (grey when the task was never learned)."""
-    tasks, rows = evaluation["tasks"], evaluation["matrix"]
+    tasks, rows = task_order(evaluation["tasks"]), evaluation["matrix"]
     kept = np.full((len(rows), len(tasks)), np.nan)
     fig = Figure(figsize=(1.9 * len(tasks) + 2.2, 1.0 * len(rows) + 1.2), layout="constrained")
     ax = fig.add_subplot()

@@ -1,4 +1,9 @@
-"""Atomic writes: an interrupted stage never leaves a half-written output behind."""
+"""Atomic writes: an interrupted stage never leaves a half-written output behind.
+
+The temporary file or folder gets the permissions a plain `open` or `mkdir` would give it
+under the process's umask (mkstemp and mkdtemp make them private to their owner), so outputs
+stay readable by whoever may read the rest of the checkout.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +21,20 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+def umask() -> int:
+    """The process's file-mode creation mask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield an empty sibling folder of `final`; it replaces `final` on success, else is removed."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp.chmod(0o777 & ~umask())
     try:
         yield tmp
         if final.exists():
@@ -38,6 +51,7 @@ def atomic_file(final: Path, mode: str = "w") -> Iterator[Any]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.fchmod(fd, 0o666 & ~umask())
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

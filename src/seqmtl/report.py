@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from seqmtl.data import TASKS
+from seqmtl.data import TASKS, task_order
 from seqmtl.evaluate import METRIC_NAME
+from seqmtl.files import atomic_file
 
 TASK_HEADER = [
     "Task",
@@ -50,7 +53,7 @@ def findings(evaluation: dict[str, Any]) -> list[str]:
     """Sentences on what the verdicts alone would hide: tasks never learned, tasks forgotten down to
     chance, references that learned nothing."""
     lines = []
-    for task, e in evaluation["tasks"].items():
+    for task, e in task_order(evaluation["tasks"]).items():
         name = f"{task} {METRIC_NAME[e['metric']]}"
         if not e["learned"]:
             lines.append(
@@ -72,10 +75,14 @@ def findings(evaluation: dict[str, Any]) -> list[str]:
 
 
 def run_times(summary: dict[str, Any]) -> str:
-    """Each timed run's seconds, then the runs DVC restored from its run cache (untimed)."""
+    """Each timed run's seconds, then the runs DVC restored from its run cache (untimed; summaries
+    written before runs were told apart have no such list)."""
     return ", ".join(
-        [f"{name} {r['train_seconds']:.1f} s" for name, r in summary["runs"].items()]
-        + [f"{name} restored from DVC's run cache (not timed)" for name in summary["untimed"]]
+        [f"{name} {r['train_seconds']:.1f} s" for name, r in task_order(summary["runs"]).items()]
+        + [
+            f"{name} restored from DVC's run cache (not timed)"
+            for name in summary.get("untimed", [])
+        ]
     )
 
 
@@ -88,7 +95,7 @@ def render_report(
     evaluation: dict[str, Any], efficiency: dict[str, Any], figures: dict[str, str]
 ) -> str:
     """The report; `figures` maps each caption to its image's path relative to the report."""
-    tasks, matrix = evaluation["tasks"], evaluation["matrix"]
+    tasks, matrix = task_order(evaluation["tasks"]), evaluation["matrix"]
     n = len(tasks)
     limit = f"{100 * evaluation['max_drop']:g} %"
     task_rows = [
@@ -114,7 +121,7 @@ def render_report(
         ]
         for i, row in enumerate(matrix.values())
     ]
-    forgetting = evaluation["forgetting"]
+    forgetting = task_order(evaluation["forgetting"])
     per_task_forgetting = ", ".join(f"{t} {v:.3f}" for t, v in forgetting.items() if t != "mean")
     training, references, inference = (
         efficiency[key] for key in ("training", "references", "inference")
@@ -160,7 +167,7 @@ def render_report(
             f"{d['weight_drift']:+.3f}",
             f"{d['statistics_drift']:+.3f}",
         ]
-        for task, d in (batchnorm["tasks"] if batchnorm else {}).items()
+        for task, d in task_order(batchnorm["tasks"] if batchnorm else {}).items()
         if d is not None
     ]
     parts = [
@@ -223,3 +230,18 @@ def render_report(
         *(f"**{caption}**\n\n![{caption}]({path})" for caption, path in figures.items()),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def write_report(
+    path: Path,
+    evaluation: dict[str, Any],
+    efficiency: dict[str, Any],
+    figures: dict[str, Path],
+    folder: Path | None = None,
+) -> None:
+    """Write the report to `path` atomically, linking `figures` (caption -> path) relative to
+    `folder`, the folder the report is read from (default: `path`'s own)."""
+    start = path.parent if folder is None else folder
+    links = {caption: os.path.relpath(figure, start) for caption, figure in figures.items()}
+    with atomic_file(path) as handle:
+        handle.write(render_report(evaluation, efficiency, links))
