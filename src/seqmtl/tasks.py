@@ -69,7 +69,10 @@ class Segmentation(Task):
         logits = F.interpolate(
             outputs["seg"], size=masks.shape[-2:], mode="bilinear", align_corners=False
         )
-        return {"ce": F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)}
+        # One row of class logits per pixel: a view of the model's channels_last logits, so the
+        # log-softmax runs along contiguous memory (the 4-D form first copies them to NCHW).
+        rows = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+        return {"ce": F.cross_entropy(rows, masks.reshape(-1), ignore_index=IGNORE_INDEX)}
 
     def chance(self, dataset: TaskDataset) -> float:
         """mIoU of predicting the most frequent class everywhere: its pixel share over the

@@ -1,0 +1,31 @@
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from seqmtl.metrics import IGNORE_INDEX
+from seqmtl.tasks import Segmentation
+
+
+def test_segmentation_loss_is_the_mean_pixel_cross_entropy_on_channels_last_logits() -> None:
+    """The loss on the model's channels_last stride-8 logits equals the mean over labelled pixels
+    of -log softmax at the upsampled logits, computed in float64 from NCHW copies; so does its
+    gradient (float64 autograd of the 4-D reference)."""
+    generator = torch.Generator().manual_seed(0)
+    raw = torch.randn(2, 5, 4, 4, generator=generator)
+    masks = torch.randint(0, 5, (2, 32, 32), generator=generator)
+    masks[0, :7] = IGNORE_INDEX
+    masks[1, :, :3] = IGNORE_INDEX
+    logits = raw.contiguous(memory_format=torch.channels_last).requires_grad_()
+    targets = [{"mask": m} for m in masks]
+    loss = Segmentation(5).loss({"seg": logits}, targets, 32)["ce"]
+    loss.backward()
+
+    reference = raw.double().requires_grad_()
+    up = F.interpolate(reference, size=(32, 32), mode="bilinear", align_corners=False)
+    log_p = np.log(np.exp(up.detach().numpy()) / np.exp(up.detach().numpy()).sum(1, keepdims=True))
+    keep = masks.numpy() != IGNORE_INDEX
+    b, y, x = np.nonzero(keep)
+    expected = -log_p[b, masks.numpy()[keep], y, x].mean()
+    assert abs(loss.item() - expected) < 1e-6
+    F.cross_entropy(up, masks, ignore_index=IGNORE_INDEX).backward()
+    assert torch.allclose(logits.grad.double(), reference.grad, atol=1e-8, rtol=1e-5)
