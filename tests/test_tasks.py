@@ -22,10 +22,13 @@ def test_segmentation_loss_is_the_mean_pixel_cross_entropy_on_channels_last_logi
 
     reference = raw.double().requires_grad_()
     up = F.interpolate(reference, size=(32, 32), mode="bilinear", align_corners=False)
-    log_p = np.log(np.exp(up.detach().numpy()) / np.exp(up.detach().numpy()).sum(1, keepdims=True))
+    z = up.detach().numpy()
+    log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
     keep = masks.numpy() != IGNORE_INDEX
     b, y, x = np.nonzero(keep)
     expected = -log_p[b, masks.numpy()[keep], y, x].mean()
-    assert abs(loss.item() - expected) < 1e-6
+    # Tolerances about 5x and 8x the largest float32 deviations over 50 seeds at 1 and 2 threads
+    # (4.2e-7 for the loss, 0.12 of the gradient bound).
+    assert abs(loss.item() - expected) < 2e-6
     F.cross_entropy(up, masks, ignore_index=IGNORE_INDEX).backward()
     assert torch.allclose(logits.grad.double(), reference.grad, atol=1e-8, rtol=1e-5)
