@@ -358,7 +358,11 @@ def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str,
         model, checkpoint = load_checkpoint(path, params, paths.mini, seed)
         model.eval().requires_grad_(True)  # a strategy may have frozen some parameters
         shared = shared_parameter_groups(model)
-        tasks = build_tasks(model.num_classes, float(params["train"]["score_threshold"]))
+        tasks = build_tasks(
+            model.num_classes,
+            float(params["train"]["score_threshold"]),
+            params["train"]["seg_loss_stride"],
+        )
         sketch = CountSketch(shared.count(), int(cfg["projection_dim"]), seed)
         stats: dict[str, BatchStatistics] = {}
         reached: dict[str, Tensor] = {}

@@ -59,13 +59,22 @@ class Task:
 
 class Segmentation(Task):
     """Pixel-wise cross-entropy (255 ignored) on the stride-8 logits upsampled bilinearly to the
-    S x S masks; mIoU from one confusion matrix at each mask's original resolution (the logits
-    upsampled bilinearly to it before the argmax)."""
+    S x S masks subsampled by `loss_stride` (every k-th pixel from the k // 2-th, each row and
+    column: the pixel nearest the centre of its k x k block); mIoU from one confusion matrix at
+    each mask's original resolution (the logits upsampled bilinearly to it before the argmax)."""
 
     name, primary = "seg", "miou"
 
+    def __init__(self, num_classes: int, loss_stride: int = 1) -> None:
+        super().__init__(num_classes)
+        if isinstance(loss_stride, bool) or not isinstance(loss_stride, int) or loss_stride < 1:
+            raise ValueError(f"train.seg_loss_stride must be a positive integer, got {loss_stride}")
+        self.loss_stride = loss_stride
+
     def loss(self, outputs: dict[str, Tensor], targets: Targets, size: int) -> dict[str, Tensor]:
-        masks = torch.stack([t["mask"] for t in targets]).to(outputs["seg"].device)
+        k = self.loss_stride
+        masks = torch.stack([t["mask"][k // 2 :: k, k // 2 :: k] for t in targets])
+        masks = masks.to(outputs["seg"].device)
         logits = F.interpolate(
             outputs["seg"], size=masks.shape[-2:], mode="bilinear", align_corners=False
         )
@@ -182,10 +191,12 @@ class Classification(Task):
         return {"top1": top1(torch.cat(self.logits), torch.stack(self.labels))}
 
 
-def build_tasks(num_classes: dict[str, int], score_threshold: float) -> dict[str, Task]:
+def build_tasks(
+    num_classes: dict[str, int], score_threshold: float, seg_loss_stride: int = 1
+) -> dict[str, Task]:
     """The three tasks keyed by name, with their class counts (from the data)."""
     return {
-        "seg": Segmentation(num_classes["seg"]),
+        "seg": Segmentation(num_classes["seg"], seg_loss_stride),
         "det": Detection(num_classes["det"], score_threshold),
         "cls": Classification(num_classes["cls"]),
     }

@@ -235,7 +235,9 @@ def _train_stage(
     model.to(device)
     seed_everything(seed + stage)
 
-    tasks = build_tasks(model.num_classes, float(train_cfg["score_threshold"]))
+    tasks = build_tasks(
+        model.num_classes, float(train_cfg["score_threshold"]), train_cfg["seg_loss_stride"]
+    )
     sizes = task_image_sizes(params, seen)
     train_sets: dict[str, TaskDataset] = {}
 
