@@ -114,6 +114,7 @@ def test_stage1_reads_no_strategy(tiny_mini: Path, tmp_path: Path) -> None:
         ({"train": {"backbone_lr": -1}}, r"train\.backbone_lr must be a number >= 0, got -1"),
         ({"model": {"batchnorm": "sync"}}, r"model\.batchnorm must be one of frozen, train"),
         ({"train": {"clip_grad_norm": 0}}, r"train\.clip_grad_norm must be null or a positive"),
+        ({"train": {"seg_loss_stride": 0}}, r"train\.seg_loss_stride must be a positive"),
     ],
 )
 def test_bad_stage_params_are_named(
