@@ -44,7 +44,7 @@ SOURCE = -S data.source=download $(if $(MIRROR),-S data.mirror=$(if $(findstring
 REAL = $(SOURCE) \
   -S stage1.image_size=256 -S stage1.epochs=16 -S stage1.lr=0.002 \
   -S stage2.image_size=320 -S stage2.epochs=16 -S stage2.lr=0.0005 \
-  -S stage3.image_size=224 -S stage3.epochs=5 -S stage3.lr=0.0005 \
+  -S stage3.image_size=224 -S stage3.epochs=10 -S stage3.lr=0.0005 \
   -S train.checkpoint_every=4 -S gradients.images=96
 # The full-size profile for a GPU machine (README, "On a GPU, and at full size"): as many
 # images per task as VOC's segmentation splits allow, 512 px, GPUS data-parallel processes.

@@ -10,9 +10,9 @@ comparison as the median of the per-round ratios. Per backbone:
   decoding): the bare backbone's features and the whole model, both as `for_inference` copies,
   and the whole model as trained ("eager");
 - training, per task at its `--sizes` side (the real-data profile's by default): one full step
-  (data, forward, loss, backward, clipping, AdamW as params.yaml's `train` section sets them;
-  `seqmtl.train.train_step`) against the bare backbone's forward + backward on a batch of the
-  same shape;
+  (data, forward, loss, backward, clipping, AdamW and the seg loss's stride as params.yaml's
+  `train` section sets them; `seqmtl.train.train_step`) against the bare backbone's forward +
+  backward on a batch of the same shape;
 and once: one epoch of the data path (cls train samples) from the decoded-image cache against
 decoding every JPEG again. The CPU model, thread count and torch version go with the figures.
 Data: `--mini` (e.g. data/mini), else a seeded synthetic set generated in a temporary folder.
@@ -53,10 +53,10 @@ def training_timings(
     the bare backbone's forward + backward on a batch of the same shape, with images/s."""
     data = build_dataset(mini, task, "train", size, train=True)
     loader = DataLoader(data, batch, shuffle=True, drop_last=True, collate_fn=collate)
-    tasks = build_tasks(model.num_classes, 0.5)
+    train_cfg = load_params()["train"]  # the pipeline's optimizer, clipping and seg loss stride
+    tasks = build_tasks(model.num_classes, 0.5, train_cfg["seg_loss_stride"])
     ctx = StageContext(model, tasks, task, [], device, 0, batch, lambda _: data)
     strategy = build_strategy("naive", {})
-    train_cfg = load_params()["train"]  # the pipeline's optimizer settings and clipping
     optimizer = build_optimizer(model, strategy, 1e-4, train_cfg)
     batches = iter(())
     backbone = first_backbone(model)
