@@ -33,7 +33,7 @@ from seqmtl.backbones import BACKBONES
 from seqmtl.data import TASKS, TaskDataset, build_dataset, class_names, collate
 from seqmtl.files import write_json
 from seqmtl.model import UnifiedModel
-from seqmtl.runtime import machine, resolve_device
+from seqmtl.runtime import keep_freed_memory, machine, resolve_device
 from seqmtl.stage import load_params
 from seqmtl.strategies import StageContext, build_strategy
 from seqmtl.subsample import subsample
@@ -166,6 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = parse_sizes(args.sizes)
     device = resolve_device(args.device)
+    kept = keep_freed_memory()  # as every pipeline stage does
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         mini = args.mini
@@ -176,6 +177,7 @@ def main() -> None:
         result = benchmark(
             mini, args.backbones, sizes, args.batch, args.rounds, args.train_rounds, device
         )
+    result["keeps_freed_memory"] = kept
     if args.out:
         write_json(args.out, result)
         print(f"\nwrote {args.out}")

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from seqmtl.runtime import keep_freed_memory
+
 PARAMS = Path("params.yaml")
 
 
@@ -20,8 +22,10 @@ def load_params(path: Path = PARAMS) -> dict[str, Any]:
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a stage's main; a bad input or parameter ends it with one line on stderr and exit 2."""
+    """Run a stage's main (with `keep_freed_memory`); a bad input or parameter ends it with one
+    line on stderr and exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()
     try:
         main()
     except (ValueError, OSError, KeyError) as error:
