@@ -68,7 +68,7 @@ full: $(STAMP)
 # references) are computed once per seed and then restored from DVC's run cache by the others.
 # SET adds params to every run (e.g. the real data); NAME names the comparison's outputs.
 SEEDS ?= 0 1 2
-STRATEGIES ?= naive replay ewc lwf derpp gradnorm pcgrad uncertainty cumulative independent
+STRATEGIES ?= naive replay ewc lwf derpp derpp_frozen gradnorm pcgrad uncertainty cumulative independent
 JOBS ?= 1
 SET ?=
 NAME ?= comparison

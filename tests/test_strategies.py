@@ -482,6 +482,28 @@ def test_every_strategy_runs_stages_2_and_3(
             assert sum(float(row[f"w_{t}"]) for t in ("seg", "det", "cls")) == pytest.approx(3)
 
 
+def test_derpp_frozen_trains_only_the_neck_and_head(stage1: Path, tiny_mini: Path,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    """Stages 2 and 3 under derpp_frozen keep every backbone parameter as stage 1 saved it, train
+    the neck's and the head's, and give the loaded model no backbone gradient."""
+    params = small_params(strategy="derpp_frozen")
+    previous = stage1
+    for stage in (2, 3):
+        paths = stage_paths(tmp_path, tiny_mini, stage, previous)
+        train_stage(stage, params, paths)
+        previous = paths.checkpoint
+    start = torch.load(stage1, weights_only=True)["model"]
+    model, _ = load_checkpoint(previous, params, tiny_mini, 0)
+    names = dict(model.named_parameters())
+    backbone = [n for n in names if n.startswith("trunk.backbone.")]
+    rest = [n for n in names if n not in backbone]
+    assert backbone and all(torch.equal(names[n], start[n]) for n in backbone)
+    assert not any(names[n].requires_grad for n in backbone)
+    assert all(names[n].requires_grad for n in rest)
+    assert any(not torch.equal(names[n], start[n]) for n in rest if n.startswith("trunk.neck."))
+    assert any(not torch.equal(names[n], start[n]) for n in rest if n.startswith("head.hidden."))
+
+
 def test_unknown_strategy_fails_with_a_clear_message(stage1: Path, tiny_mini: Path,
                                                      tmp_path: Path) -> None:  # fmt: skip
     with pytest.raises(ValueError, match=r"unknown strategy 'nope'; known: .*gradnorm"):
@@ -496,6 +518,7 @@ def test_unknown_strategy_fails_with_a_clear_message(stage1: Path, tiny_mini: Pa
         ("lwf", "lambda", -0.1),
         ("lwf", "temperature", 0),
         ("derpp", "alpha", -0.5),
+        ("derpp_frozen", "alpha", -0.5),
         ("gradnorm", "alpha", -1),
         ("gradnorm", "lr", 0.0),
         ("gradnorm", "old_weight", "one"),
