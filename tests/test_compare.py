@@ -121,6 +121,20 @@ def test_other_strategies_sections_do_not_split_a_sweep() -> None:
     assert not {n for n in chosen if n.startswith("lwf")}
 
 
+def test_a_strategy_s_fixed_param_binds_only_its_runs() -> None:
+    """`-S lwf.lambda=…` selects the lwf runs with that value and keeps the other strategies'."""
+    show = exp_show()
+    for exp in show[1]["experiments"]:
+        params = exp["revs"][0]["data"]["params"]["params.yaml"]["data"]
+        params["lwf"] = {"lambda": 10.0 if params["strategy"] == "lwf" else 1.0}
+    runs = read_runs(show)
+    base = BASE | {"lwf": {"lambda": 1.0}}
+    tuned = {r["name"] for r in select(runs, base, {"lwf.lambda": 10.0})}
+    assert {"lwf0", "lwf1", "lwf2", "replay0", "replay1", "replay2", "naive1"} <= tuned
+    untuned = {r["name"] for r in select(runs, base, {"lwf.lambda": 1.0})}
+    assert "replay0" in untuned and not {n for n in untuned if n.startswith("lwf")}
+
+
 def test_undefined_relative_drop() -> None:
     """`dvc exp show` drops the null relative drop of a task that was never learned."""
     runs = select(read_runs(exp_show()), BASE, {})

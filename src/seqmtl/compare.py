@@ -87,14 +87,15 @@ def read_runs(exp_show: list[dict[str, Any]]) -> list[Run]:
 def select(runs: list[Run], base: dict[str, Any], fixed: dict[str, Any]) -> list[Run]:
     """Runs equal to `base` except for VARIED, other strategies' sections and `fixed` (which
     they must match), one per (strategy, seed): the first listed with its own training time of
-    stages 2 and 3, else the first listed."""
+    stages 2 and 3, else the first listed. A `fixed` key of another strategy's section (e.g.
+    `ewc.lambda` beside gradnorm runs) binds only that strategy's runs."""
     base_flat = flatten(base)
     chosen: dict[tuple[str, int], Run] = {}
     for run in runs:
         flat = flatten(run["params"])
         unread = set(strategy_names()) - {flat["strategy"]}
-        keys = {k for k in set(base_flat) | set(flat) if k.split(".")[0] not in unread}
-        if any(flat.get(k) != fixed[k] for k in fixed) or any(
+        keys = {k for k in set(base_flat) | set(flat) | set(fixed) if k.split(".")[0] not in unread}
+        if any(flat.get(k) != fixed[k] for k in keys & set(fixed)) or any(
             flat.get(k) != base_flat.get(k) for k in keys - set(VARIED) - set(fixed)
         ):
             continue
