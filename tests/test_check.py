@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from seqmtl.check import checked_metrics, is_checked, metric_differences
-from seqmtl.tolerance import FLOOR, spread
+from seqmtl.tolerance import FLOOR, set_params, spread
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def change(old: object, new: object) -> dict:
@@ -84,3 +88,35 @@ def test_checked_metrics_of_a_run(tmp_path: Path) -> None:
         "metrics/gradients.json:snapshots.e.noise_scale": 3.0,
         "metrics/stage1.json:final.seg.miou": 0.4,
     }
+
+
+def test_set_params_as_dvc_exp_run_does() -> None:
+    params = {"seed": 0, "data": {"source": "synthetic", "mirror": None}, "stage3": {"lr": 0.002}}
+    changes = ["data.source=download", "data.mirror=/m", "stage3.lr=0.0005", "seed=2"]
+    assert set_params(params, changes) == {
+        "seed": 2,
+        "data": {"source": "download", "mirror": "/m"},
+        "stage3": {"lr": 0.0005},
+    }
+    for bad in ("stage3.lrr=1", "stage4.lr=1", "seed.x=1", "seed"):
+        with pytest.raises(ValueError, match=f"-S {bad}:"):
+            set_params(params, [bad])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-S", "seed=1"], "need an --out other than metrics/tolerance.json"),
+        (["--target", "stage1_seg", "--out", "metrics/tolerance.json"], "need an --out other"),
+        (["-S", "stage9.lr=1", "--out", "x.json"], "-S stage9.lr=1: expected KEY=VALUE"),
+    ],
+)
+def test_tolerance_rejects_a_changed_run_that_would_overwrite_the_default(
+    args: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "seqmtl.tolerance", *args],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr

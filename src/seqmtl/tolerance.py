@@ -1,6 +1,7 @@
 """Measured reproduction tolerances: the default pipeline under perturbed floating-point rounding.
 
     python -m seqmtl.tolerance [--margin 3] [--runs native threads-1 avx2 no-simd]
+    python -m seqmtl.tolerance -S KEY=VALUE ... --target STAGE ... --out FILE
 
 Another CPU rounds differently: other SIMD widths and thread counts change the order in which
 sums are accumulated, and training amplifies those last-bit differences. The same can be caused
@@ -15,6 +16,11 @@ spread (max - min) and the tolerance = max(margin x spread, 1e-6), which the rep
 uses; a metric that is not a number (a verdict) is "stable" when every run gave the same value,
 else "varies" (then shown, never compared). The gradient statistics are recorded too, with their
 spread as log10(max / min), but not compared (see `seqmtl.check`).
+
+`-S` sets params in the copies as `dvc exp run -S` does (e.g. the real-data profile) and
+`--target` reproduces only those stages and what they depend on; either measures something other
+than the default pipeline, so it needs an `--out` other than metrics/tolerance.json, which the
+reproduction check reads.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from seqmtl.check import GRADIENTS, checked_metrics, dvc
 from seqmtl.files import write_json
@@ -41,11 +48,30 @@ PERTURBATIONS: dict[str, dict[str, str]] = {
     "no-simd": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
 }
 FLOOR = 1e-6  # one unit of the 6 decimals the metrics are stored with
+DEFAULT_OUT = Path("metrics/tolerance.json")
 
 
-def copy_tree(target: Path) -> None:
+def set_params(params: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """`params` with each `KEY=VALUE` of `assignments` applied: KEY a dotted path to an existing
+    param, VALUE parsed as YAML (as `dvc exp run -S` does); anything else raises a ValueError
+    naming the assignment."""
+    for assignment in assignments:
+        key, equals, value = assignment.partition("=")
+        *parents, last = key.split(".")
+        section = params
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        if not equals or not isinstance(section, dict) or last not in section:
+            raise ValueError(f"-S {assignment}: expected KEY=VALUE with KEY a param of params.yaml")
+        section[last] = yaml.safe_load(value)
+    return params
+
+
+def copy_tree(target: Path, assignments: list[str]) -> None:
     """The tracked and untracked-but-not-ignored files of the working tree, copied to `target`
-    and committed there as a fresh git repository (DVC needs one)."""
+    with `assignments` applied to its params.yaml (`set_params`) and its metrics files removed
+    (only what the run writes is measured), then committed there as a fresh git repository
+    (DVC needs one)."""
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
         capture_output=True, text=True, check=True,
@@ -54,17 +80,25 @@ def copy_tree(target: Path) -> None:
         if Path(name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(name, target / name)
+    for metrics in (target / "metrics").glob("*.json"):
+        metrics.unlink()
+    if assignments:
+        params = yaml.safe_load((target / "params.yaml").read_text())
+        text = yaml.safe_dump(set_params(params, assignments), sort_keys=False)
+        (target / "params.yaml").write_text(text)
     git = ["git", "-c", "user.name=seqmtl", "-c", "user.email=seqmtl@localhost"]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "tolerance run"]):
         subprocess.run(git + command, cwd=target, check=True, capture_output=True)
 
 
-def reproduce(environment: dict[str, str]) -> dict[str, Any]:
-    """`dvc repro` of a fresh copy of the working tree under `environment`; its checked metrics
-    and gradient statistics."""
+def reproduce(
+    environment: dict[str, str], assignments: list[str], targets: list[str]
+) -> dict[str, Any]:
+    """`dvc repro [targets]` of a fresh copy of the working tree (`copy_tree`) under
+    `environment`; the checked metrics and gradient statistics it wrote."""
     with tempfile.TemporaryDirectory(prefix="seqmtl-tolerance-") as tmp:
-        copy_tree(Path(tmp))
-        dvc("repro", cwd=Path(tmp), env=environment)
+        copy_tree(Path(tmp), assignments)
+        dvc("repro", *targets, cwd=Path(tmp), env=environment)
         return checked_metrics(Path(tmp))
 
 
@@ -80,9 +114,11 @@ def spread(values: list[Any], key: str, margin: float) -> dict[str, Any]:
     return {"spread": round(width, 6), "tolerance": round(max(margin * width, FLOOR), 6)}
 
 
-def measure(runs: list[str], margin: float) -> dict[str, Any]:
+def measure(
+    runs: list[str], margin: float, assignments: list[str], targets: list[str]
+) -> dict[str, Any]:
     """Run every perturbation in `runs`; the tolerance file's content."""
-    results = {name: reproduce(PERTURBATIONS[name]) for name in runs}
+    results = {name: reproduce(PERTURBATIONS[name], assignments, targets) for name in runs}
     keys = sorted(set().union(*(r.keys() for r in results.values())))
     metrics = {}
     for key in keys:
@@ -94,6 +130,8 @@ def measure(runs: list[str], margin: float) -> dict[str, Any]:
         "margin": margin,
         "floor": FLOOR,
         "perturbations": {name: PERTURBATIONS[name] for name in runs},
+        "params": assignments,
+        "targets": targets or "all",
         "machine": machine(torch.device("cpu")),
         "metrics": metrics,
     }
@@ -104,11 +142,26 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=3.0, help="tolerance = margin x spread")
     parser.add_argument("--runs", nargs="+", default=list(PERTURBATIONS),
                         choices=list(PERTURBATIONS))  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("metrics/tolerance.json"))
+    parser.add_argument(
+        "-S", "--set-param", dest="params", action="append", default=[], metavar="KEY=VALUE",
+        help="a param of the copies, as dvc exp run -S",
+    )  # fmt: skip
+    parser.add_argument(
+        "--target", dest="targets", action="append", default=[], metavar="STAGE",
+        help="reproduce only this stage and the stages it depends on",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, help=f"default: {DEFAULT_OUT}")
     args = parser.parse_args()
     if len(args.runs) < 2:
         sys.exit("--runs: at least two perturbations are needed to measure a spread")
-    result = measure(args.runs, args.margin)
+    if (args.params or args.targets) and args.out in (None, DEFAULT_OUT):
+        sys.exit(f"-S and --target need an --out other than {DEFAULT_OUT} (the default's)")
+    args.out = args.out or DEFAULT_OUT
+    try:
+        set_params(yaml.safe_load(Path("params.yaml").read_text()), args.params)
+    except ValueError as error:
+        sys.exit(str(error))
+    result = measure(args.runs, args.margin, args.params, args.targets)
     write_json(args.out, result)
     compared = sum("tolerance" in m for m in result["metrics"].values())
     print(f"{args.out}: {compared} compared metrics; widest spreads:")
