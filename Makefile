@@ -2,8 +2,8 @@
 # make test:  the same setup, then the test suite.
 # make check-repro: reproduce and compare with the committed results (exact: one machine).
 # make tolerance: measure the reproduction tolerances under perturbed rounding (PROFILE, SET,
-#   TARGETS (stages) and OUT measure other params or stages, e.g. PROFILE=real MIRROR=folder
-#   TARGETS=reference_cls OUT=metrics/tolerance_real.json).
+#   TARGETS (stages) and OUT measure other params or stages, RUNS picks the perturbations, e.g.
+#   PROFILE=real MIRROR=folder TARGETS=reference_cls OUT=metrics/tolerance_real.json).
 # make sweep: every strategy x seed as DVC experiments (README, "Sweeps"), then the comparison.
 # make real MIRROR=folder: one experiment on the real data with the real-data profile.
 # make full GPUS=N: one experiment at full size on a GPU machine (N data-parallel processes).
@@ -37,7 +37,7 @@ check-repro: $(STAMP)
 
 tolerance: $(STAMP)
 	$(BIN)/python -m seqmtl.tolerance $(PROFILE_SET) $(SET) $(addprefix --target ,$(TARGETS)) \
-	  $(if $(OUT),--out $(OUT))
+	  $(if $(OUT),--out $(OUT)) $(if $(RUNS),--runs $(RUNS))
 
 # The real-data profile (README, "Real data"): per-stage image sizes, epochs and learning rates
 # chosen by measurement on the real mirror; the archives from MIRROR (a folder or URL) when given,
