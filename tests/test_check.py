@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from seqmtl.check import checked_metrics, is_checked, metric_differences
-from seqmtl.tolerance import FLOOR, set_params, spread
+from seqmtl.tolerance import FLOOR, copy_tree, set_params, spread
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,6 +102,21 @@ def test_set_params_as_dvc_exp_run_does() -> None:
     for bad in ("stage3.lrr=1", "stage4.lr=1", "seed.x=1", "seed"):
         with pytest.raises(ValueError, match=f"-S {bad}:"):
             set_params(params, [bad])
+
+
+def test_a_tolerance_copy_has_the_params_set_and_no_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    copy_tree(tmp_path, ["seed=3", "stage3.epochs=7"])
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert params["seed"] == 3 and params["stage3"]["epochs"] == 7
+    assert params["stage2"] == yaml.safe_load((REPO / "params.yaml").read_text())["stage2"]
+    assert (tmp_path / "dvc.yaml").is_file() and not list((tmp_path / "metrics").glob("*.json"))
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert "params.yaml" not in status.stdout  # committed as set
 
 
 @pytest.mark.parametrize(
