@@ -46,9 +46,9 @@ tolerance: $(STAMP)
 # adds it to a sweep.
 MIRROR ?=
 SOURCE = -S data.source=download $(if $(MIRROR),-S data.mirror=$(if $(findstring ://,$(MIRROR)),$(MIRROR),$(abspath $(MIRROR))))
-REAL = $(SOURCE) \
+REAL = $(SOURCE) -S subsample.n_train=240 -S subsample.n_val=300 \
   -S stage1.image_size=256 -S stage1.epochs=16 -S stage1.lr=0.002 \
-  -S stage2.image_size=320 -S stage2.epochs=16 -S stage2.lr=0.0005 \
+  -S stage2.image_size=320 -S stage2.epochs=48 -S stage2.lr=0.002 \
   -S stage3.image_size=224 -S stage3.epochs=10 -S stage3.lr=0.0005 \
   -S train.checkpoint_every=4 -S gradients.images=null
 # The full-size profile for a GPU machine (README, "On a GPU, and at full size"): as many

@@ -1,6 +1,7 @@
 """Stage evaluate: forgetting matrix, drops and verdicts, efficiency, figures and the report.
 
 Reads metrics/stage{1,2,3}.json and *_time.json, the single-task references (metrics/reference_*),
+every final evaluation's per-image statistics (data/val/*.json: the drops' bootstrap intervals),
 the per-epoch CSVs under plots/, the final checkpoint and the earlier stages' checkpoints (whose
 BatchNorm statistics the old tasks are scored with once more). Writes metrics/eval.json
 (deterministic), metrics/efficiency.json (timings and memory), plots/evaluate/*.png and
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from seqmtl.bootstrap import drop_interval, image_count, resamples, task_scorer
 from seqmtl.checkpoints import load_checkpoint
 from seqmtl.data import TASKS, build_dataset, collate, task_image_sizes
 from seqmtl.evaluate import (
@@ -35,11 +37,38 @@ from seqmtl.tasks import build_tasks
 
 METRICS = Path("metrics")
 CHECKPOINTS = Path("data/checkpoints")
+VAL = Path("data/val")
 REPORT = METRICS / "report.md"
 
 
 def read(name: str) -> dict[str, Any]:
     return json.loads((METRICS / f"{name}.json").read_text())
+
+
+def intervals(
+    names: list[str], mini: Path, cfg: dict[str, Any], seed: int
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per task, the bootstrap intervals of its relative drop from its baseline (the end of its
+    own stage) and from its single-task reference to the end of the sequence; the same seeded
+    resamples of its val images score all three models."""
+    boot = cfg["bootstrap"]
+    references = {TASKS[0]: names[0]} | {t: f"reference_{t}" for t in TASKS[1:]}
+    per_image = {
+        name: json.loads((VAL / f"{name}.json").read_text())
+        for name in [*names, *references.values()]
+    }
+    result = {}
+    for j, task in enumerate(TASKS):
+        gt = mini / "det" / "annotations" / "instances_val.json" if task == "det" else None
+        runs = {"baseline": names[j], "final": names[-1], "reference": references[task]}
+        score = {k: task_scorer(task, per_image[name][task], gt) for k, name in runs.items()}
+        count = int(boot["det_resamples"] if task == "det" else boot["resamples"])
+        draws = resamples(image_count(per_image[names[-1]][task]), count, seed + j)
+        result[task] = {
+            f"vs_{k}": drop_interval(score[k], score["final"], draws, float(cfg["max_drop"]))
+            for k in ("baseline", "reference")
+        }
+    return result
 
 
 def main() -> None:
@@ -54,6 +83,7 @@ def main() -> None:
     evaluation = evaluate_sequence(
         stages,
         references,
+        intervals(names, mini, cfg, int(params["seed"])),
         float(cfg["max_drop"]),
         float(cfg["chance_margin"]),
         count_parameters(model),

@@ -24,6 +24,7 @@ def main() -> None:
         checkpoint=Path(f"data/checkpoints/{name}.pt"),
         snapshots=None,
         metrics=Path(f"metrics/{name}.json"),
+        per_image=Path(f"data/val/{name}.json"),
         timing=Path(f"metrics/{name}_time.json"),
         plots=Path(f"plots/{name}"),
     )

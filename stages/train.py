@@ -21,6 +21,7 @@ def main() -> None:
         checkpoint=Path(f"data/checkpoints/stage{stage}.pt"),
         snapshots=Path(f"data/checkpoints/stage{stage}_epochs"),
         metrics=Path(f"metrics/stage{stage}.json"),
+        per_image=Path(f"data/val/stage{stage}.json"),
         timing=Path(f"metrics/stage{stage}_time.json"),
         plots=Path(f"plots/stage{stage}"),
     )

@@ -258,15 +258,26 @@ def test_fetch_all_real_mirror(mirror: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "archives").exists()
 
 
-def test_download_stage_fails_with_one_line_and_no_output(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stage", ["download.py", "sources.py"])
+def test_a_missing_mirror_fails_with_one_line_and_no_output(tmp_path: Path, stage: str) -> None:
     params = {"seed": 0, "data": {"source": "download", "mirror": str(tmp_path / "nowhere")}}
     (tmp_path / "params.yaml").write_text(json.dumps(params))
-    stage = Path(__file__).resolve().parents[1] / "stages" / "download.py"
+    script = Path(__file__).resolve().parents[1] / "stages" / stage
     result = subprocess.run(
-        [sys.executable, str(stage)], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, str(script), "data/sources.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: imagenette2-160.tgz not found in mirror folder {tmp_path / 'nowhere'}"
+        f"error: data.mirror: {tmp_path / 'nowhere'} is not a folder (nor a URL)"
     ]
-    assert not (tmp_path / "data" / "raw").exists()
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_mirror_without_an_archive_fails_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "mirror").mkdir()
+    with pytest.raises(DownloadError, match="imagenette2-160.tgz not found in mirror folder"):
+        fetch_all(tmp_path / "raw", tmp_path / "archives", str(tmp_path / "mirror"), retries=0)
+    assert not (tmp_path / "raw").exists()

@@ -27,7 +27,9 @@ def test_dvc_code_deps_follow_the_imports(name: str) -> None:
 
 def test_strategy_rule_of_the_pipeline() -> None:
     naive = {name for name in STAGES if stage_strategy(name, STAGES) == "naive"}
-    assert naive == {"download", "subsample", "stage1_seg", "reference_det", "reference_cls"}
+    assert naive == {
+        "sources", "download", "subsample", "stage1_seg", "reference_det", "reference_cls"
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("strategy", strategy_names())

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from conftest import REPO, TINY, merge
+from seqmtl.bootstrap import drop_interval, resamples
 from seqmtl.evaluate import (
     PRIMARY,
     backward_transfer,
@@ -45,13 +46,30 @@ def stage_metrics(rows: list[list[float]]) -> list[dict]:
     ]
 
 
+def exact(baseline: float, final: float, max_drop: float = 0.05) -> dict:
+    """The bootstrap interval of two models that score the same on every resample: the point."""
+    draws = resamples(4, 3, seed=0)
+    return drop_interval(lambda _: baseline, lambda _: final, draws, max_drop)
+
+
+def verdict(baseline: float, final: float, chance: float = 0.1) -> str:
+    return compare(baseline, final, chance, 0.05, exact(baseline, final))["verdict"]
+
+
 def evaluated(rows: list[list[float]], reference: tuple[float, float, float]) -> dict:
     """evaluate_sequence on the matrix rows, single-task references scoring `reference`, with
-    max_drop and chance_margin 0.05 and 1000 parameters."""
+    max_drop and chance_margin 0.05, 1000 parameters, and intervals without spread."""
     references = {
         t: {"final": {t: {PRIMARY[t]: v}}} for t, v in zip(PRIMARY, reference, strict=True)
     }
-    return evaluate_sequence(stage_metrics(rows), references, 0.05, 0.05, 1000)
+    intervals = {
+        t: {
+            "vs_baseline": exact(rows[j][j], rows[-1][j]),
+            "vs_reference": exact(reference[j], rows[-1][j]),
+        }
+        for j, t in enumerate(PRIMARY)
+    }
+    return evaluate_sequence(stage_metrics(rows), references, intervals, 0.05, 0.05, 1000)
 
 
 def test_forgetting_arithmetic_on_a_hand_made_matrix() -> None:
@@ -67,11 +85,12 @@ def test_forgetting_arithmetic_on_a_hand_made_matrix() -> None:
     assert evaluation["matrix"]["stage2"] == {"seg": 0.7, "det": 0.9}
     seg = evaluation["tasks"]["seg"]
     assert (seg["baseline"], seg["final"]) == (0.5, 0.4)
-    assert seg["vs_baseline"] == {"absolute": 0.1, "relative": 0.2, "verdict": "fail"}
+    assert seg["vs_baseline"] == {"absolute": 0.1, "relative": 0.2, "interval": [0.2, 0.2],
+                                  "verdict": "fail", "images": 4, "images_for_2.5%": 4}  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("baseline", "final", "verdict"),
+    ("baseline", "final", "expected"),
     [
         (0.8, 0.76, "pass"),  # relative drop exactly 0.05
         (0.8, 0.759999, "fail"),  # 0.050001
@@ -81,9 +100,9 @@ def test_forgetting_arithmetic_on_a_hand_made_matrix() -> None:
     ],
 )
 def test_verdict_flips_exactly_at_the_threshold(
-    baseline: float, final: float, verdict: str
+    baseline: float, final: float, expected: str
 ) -> None:
-    assert compare(baseline, final, chance=0.1, max_drop=0.05, margin=0.05)["verdict"] == verdict
+    assert verdict(baseline, final) == expected
 
 
 def test_a_task_never_learned_is_reported_as_such() -> None:
@@ -96,8 +115,8 @@ def test_a_task_never_learned_is_reported_as_such() -> None:
     assert det["vs_reference"]["verdict"] == "fail"  # the reference did learn it
     assert evaluation["passed"] == {"vs_baseline": 2, "vs_reference": 2}
     # within the margin: 0.1 + 0.05 * (1 - 0.1) = 0.145 is still chance for cls, 0.146 is not
-    assert compare(0.145, 0.145, 0.1, 0.05, 0.05)["verdict"] == "not learned"
-    assert compare(0.146, 0.146, 0.1, 0.05, 0.05)["verdict"] == "pass"
+    assert verdict(0.145, 0.145) == "not learned"
+    assert verdict(0.146, 0.146) == "pass"
     report = render_report(evaluation, EFFICIENCY, {})
     assert "**det was never learned**" in report
 
@@ -137,8 +156,14 @@ def test_report_from_hand_made_metrics_holds_the_tables() -> None:
     evaluation = evaluated(rows, (0.68, 0.6, 0.9)) | {"parameters": 3_176_878}
     report = render_report(evaluation, EFFICIENCY, {"Forgetting matrix": "../plots/m.png"})
     assert "| Task | Metric | Chance | After own stage | Final | Drop | Verdict |" in report
-    assert "| seg | mIoU | 0.040 | 0.680 | 0.007 | 0.673 (98.97 %) | **fail** |" in report
-    assert "| cls | top-1 | 0.100 | 0.970 | 0.970 | 0.000 (0.00 %) | **pass** | 0.900 |" in report
+    assert (
+        "| seg | mIoU | 0.040 | 0.680 | 0.007 | 0.673 (98.97 % [99.0, 99.0]) | **fail** |" in report
+    )
+    assert (
+        "| cls | top-1 | 0.100 | 0.970 | 0.970 | 0.000 (0.00 % [0.0, 0.0]) | **pass** | 0.900 |"
+        in report
+    )
+    assert "Val images an interval of ±2.5 % would need (against the reference): seg 4" in report
     assert "| 3 (cls) | 0.007 | 0.001 | **0.970** |" in report
     assert "**seg is forgotten down to chance**" in report
     assert "85.2 ms per 512x512 image (median; 10th to 90th percentile 80.0 to 95.5 ms" in report
@@ -185,6 +210,7 @@ def test_reference_trains_one_task_alone(tiny_mini: Path, tmp_path: Path) -> Non
         checkpoint=tmp_path / "reference_det.pt",
         snapshots=None,
         metrics=tmp_path / "reference_det.json",
+        per_image=tmp_path / "reference_det_val.json",
         timing=tmp_path / "reference_det_time.json",
         plots=tmp_path / "reference_det",
     )
@@ -194,6 +220,7 @@ def test_reference_trains_one_task_alone(tiny_mini: Path, tmp_path: Path) -> Non
     assert json.loads(paths.metrics.read_text()) == metrics
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "reference_det", "reference_det.json", "reference_det.pt", "reference_det_time.json",
+        "reference_det_val.json",
     ]  # fmt: skip
     assert (paths.plots / "val.csv").read_text().splitlines()[1].startswith("1,2,")  # own epoch 1
     checkpoint = torch.load(paths.checkpoint, weights_only=True)

@@ -182,6 +182,7 @@ def tiny_run(tiny_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
                 checkpoint=root / f"stage{stage}.pt",
                 snapshots=root / f"stage{stage}_epochs",
                 metrics=root / f"stage{stage}.json",
+                per_image=root / f"stage{stage}_val.json",
                 timing=root / f"stage{stage}_time.json",
                 plots=root / f"plots{stage}",
             ),

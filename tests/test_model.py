@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seqmtl.backbones import BACKBONES
-from seqmtl.model import STRIDE, UnifiedModel, eval_mode
+from seqmtl.model import Head, UnifiedModel, eval_mode, fuse
 
 COUNTS = {"seg": 21, "det": 10, "cls": 10}
 
@@ -17,8 +17,9 @@ def test_output_shapes(backbone: str, head_layers: int) -> None:
     model = UnifiedModel(COUNTS, backbone, pretrained=False, head_layers=head_layers).eval()
     with torch.no_grad():
         out = model(torch.rand(2, 3, 96, 128))
-    assert out["seg"].shape == (2, 21, 96 // STRIDE, 128 // STRIDE)
-    assert out["det"].shape == (2, (96 // STRIDE) * (128 // STRIDE), 4 + 1 + 10)
+    assert out["seg"].shape == (2, 21, 96 // 8, 128 // 8)
+    locations = sum((96 // s) * (128 // s) for s in (8, 16, 32))  # P3, P4, P5
+    assert out["det"].shape == (2, locations, 4 + 1 + 10)
     assert out["cls"].shape == (2, 10)
 
 
@@ -49,7 +50,7 @@ def test_classification_is_the_pooled_cls_channels() -> None:
     model = UnifiedModel(COUNTS, "mobilenet_v3_small", pretrained=False).eval()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        maps = model.head(model.trunk(x))
+        maps = model.head(fuse(model.trunk(x)))
         out = model(x)
     torch.testing.assert_close(out["cls"], maps[:, -10:].mean((2, 3)))
 
@@ -65,6 +66,19 @@ def test_zero_task_output_starts_that_task_at_its_bias() -> None:
     torch.testing.assert_close(after["det"], bias.expand_as(after["det"]))
     for task in ("seg", "cls"):
         assert torch.equal(after[task], before[task]), task
+
+
+def test_one_set_of_head_weights_serves_every_level() -> None:
+    """Detection on P4 and P5 is the same Head's detection channels on those levels."""
+    model = UnifiedModel(COUNTS, "mobilenet_v3_small", pretrained=False).eval()
+    assert [type(m) for m in model.modules()].count(Head) == 1
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        p3, p4, p5 = model.trunk(x)
+        out = model(x)
+        coarser = [model.head(level)[:, 21 : 21 + 15].flatten(2) for level in (p4, p5)]
+    assert p3.shape[-1] == 8 and p4.shape[-1] == 4 and p5.shape[-1] == 2
+    torch.testing.assert_close(out["det"][0, 64:], torch.cat(coarser, 2)[0].T)
 
 
 @pytest.mark.parametrize("training", [True, False])

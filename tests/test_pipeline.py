@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO, TINY, ran, run, set_params
+from seqmtl.check import ALWAYS_RUN, status_clean
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +53,10 @@ def test_first_repro_writes_every_output(repo: Path) -> None:
 
 def test_second_repro_does_nothing(repo: Path) -> None:
     assert ran(run(repo, "dvc", "repro")) == set()
-    assert "up to date" in run(repo, "dvc", "status")
+    assert status_clean(json.loads(run(repo, "dvc", "status", "--json")))
+    always = {n for n, s in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].items()
+              if s.get("always_changed")}  # fmt: skip
+    assert always == set(ALWAYS_RUN)
 
 
 def test_param_changes_rerun_only_what_reads_them(repo: Path) -> None:
@@ -140,3 +147,45 @@ def test_queued_sweep_comparison_and_export(repo: Path) -> None:
     )
     assert missing.returncode == 1 and "'no-such-run': no such experiment" in missing.stderr
     assert not (repo / "metrics" / "kept" / "none").exists()
+
+
+def pack_mirror(raw: Path, folder: Path) -> None:
+    """The four official archives (names and layouts) of the raw layouts under `raw`, with their
+    SHA256SUMS: a local mirror."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(folder / "imagenette2-160.tgz", "w:gz") as tf:
+        tf.add(raw / "imagenette" / "imagenette2-160", "imagenette2-160")
+    with tarfile.open(folder / "VOCtrainval_11-May-2012.tar", "w") as tf:
+        tf.add(raw / "voc" / "VOCdevkit", "VOCdevkit")
+    for name, sub in (("val2017.zip", "val2017"), ("annotations_trainval2017.zip", "annotations")):
+        with zipfile.ZipFile(folder / name, "w") as zf:
+            for path in sorted((raw / "coco" / sub).rglob("*")):
+                zf.write(path, path.relative_to(raw / "coco").as_posix())
+    sums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.*")}
+    (folder / "SHA256SUMS").write_text("".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
+
+
+def test_a_changed_mirror_reruns_download_and_an_unchanged_one_does_not(
+    tmp_path: Path, tiny_raw: Path
+) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("src", "stages", ".dvc"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("tmp", "cache"))
+    mirror = tmp_path / "mirror"
+    pack_mirror(tiny_raw, mirror)
+    set_params(root, TINY | {"data": {"source": "download", "mirror": str(mirror)}})
+    run(root, "git", "init", "-q")
+    assert ran(run(root, "dvc", "repro", "subsample")) == {"download", "subsample"}
+    assert ran(run(root, "dvc", "repro", "subsample")) == set()
+    # the same path, one archive changed (an Imagenette image less) and its checksum with it
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_raw, changed)
+    next((changed / "imagenette").rglob("*.JPEG")).unlink()
+    pack_mirror(changed, mirror)
+    assert ran(run(root, "dvc", "repro", "subsample")) == {"download", "subsample"}
+    sources = json.loads((root / "data" / "sources.json").read_text())["archives"]
+    digest = hashlib.sha256((mirror / "imagenette2-160.tgz").read_bytes()).hexdigest()
+    assert sources["imagenette2-160.tgz"] == f"sha256:{digest}"

@@ -454,6 +454,7 @@ def stage_paths(root: Path, mini: Path, stage: int, previous: Path | None) -> St
         checkpoint=root / f"stage{stage}.pt",
         snapshots=root / f"stage{stage}_epochs",
         metrics=root / f"stage{stage}.json",
+        per_image=root / f"stage{stage}_val.json",
         timing=root / f"stage{stage}_time.json",
         plots=root / f"plots{stage}",
     )

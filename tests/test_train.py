@@ -31,6 +31,7 @@ def paths(root: Path, mini: Path, stage: int) -> StagePaths:
         checkpoint=ckpt / f"stage{stage}.pt",
         snapshots=ckpt / f"stage{stage}_epochs",
         metrics=root / "metrics" / f"stage{stage}.json",
+        per_image=root / "val" / f"stage{stage}.json",
         timing=root / "metrics" / f"stage{stage}_time.json",
         plots=root / "plots" / f"stage{stage}",
     )

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 from scipy.stats import false_discovery_control, ttest_rel
+from scipy.stats import t as student_t
 
 from seqmtl.check import dvc, flatten
 from seqmtl.data import TASKS
@@ -46,6 +47,7 @@ from seqmtl.files import atomic_file, save_png, write_json
 from seqmtl.strategies import strategy_names
 
 ALPHA = 0.05
+VERDICTS = ("pass", "undecided", "fail", "not learned")
 VARIED = ("strategy", "seed", "data.mirror")
 
 Run = dict[str, Any]
@@ -174,7 +176,45 @@ def task_statistics(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "pass_rate_vs_reference": round(
             statistics.fmean(r["vs_reference"]["verdict"] == "pass" for r in rows), 6
         ),
+        "verdicts_vs_reference": {
+            v: sum(r["vs_reference"]["verdict"] == v for r in rows) for v in VERDICTS
+        },
+        "relative_drop_vs_reference": t_interval(
+            [x for r in rows if (x := r["vs_reference"].get("relative")) is not None]
+        ),
     }
+
+
+def t_interval(values: list[float], level: float = 0.95) -> dict[str, Any] | None:
+    """Mean over seeds with its two-sided Student-t interval (None bounds for a single value,
+    None for none)."""
+    if not values:
+        return None
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return {"mean": round(mean, 6), "low": None, "high": None, "n": 1}
+    half = (
+        student_t.ppf((1 + level) / 2, len(values) - 1)
+        * statistics.stdev(values)
+        / len(values) ** 0.5
+    )
+    return {"mean": round(mean, 6), "low": round(mean - half, 6), "high": round(mean + half, 6),
+            "n": len(values)}  # fmt: skip
+
+
+def verdict_counts(counts: dict[str, int]) -> str:
+    """'pass / undecided / fail' counts over seeds, plus those not learned where any."""
+    text = f"{counts['pass']} / {counts['undecided']} / {counts['fail']}"
+    return text + (f" ({counts['not learned']} not learned)" if counts["not learned"] else "")
+
+
+def interval_cell(stats: dict[str, Any] | None) -> str:
+    """'mean % [low, high]' of a relative drop over seeds."""
+    if stats is None:
+        return "—"
+    if stats["low"] is None:
+        return f"{100 * stats['mean']:.1f}"
+    return f"{100 * stats['mean']:.1f} [{100 * stats['low']:.1f}, {100 * stats['high']:.1f}]"
 
 
 def aggregate(runs: list[Run]) -> dict[str, Any]:
@@ -258,9 +298,13 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
         "A relative drop is undefined for a seed whose task was not learned (its baseline near "
         "chance); its mean is then over the other seeds, and the cell says how many.",
         "",
+        "Against the single-task reference, per seed the verdict of the drop's 95 % bootstrap "
+        "interval over the val images (pass / undecided / fail), and the mean relative drop over "
+        "seeds with its 95 % t-interval.",
+        "",
         "| Strategy | Seeds | Task | After own stage | Final | Drop | Relative drop % | Pass rate "
-        "| Pass rate vs ref. | Stages 2+3 s |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| Pass rate vs ref. | Verdicts vs ref. | Drop vs ref. % | Stages 2+3 s |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for strategy, stats in comparison["strategies"].items():
         seeds = ",".join(map(str, stats["seeds"]))
@@ -270,6 +314,8 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
                 f"| {cell(row['final'])} | {cell(row['drop'])} "
                 f"| {cell(row['relative_drop'], 100, 1, len(stats['seeds']))} "
                 f"| {row['pass_rate']:.0%} | {row['pass_rate_vs_reference']:.0%} "
+                f"| {verdict_counts(row['verdicts_vs_reference'])} "
+                f"| {interval_cell(row['relative_drop_vs_reference'])} "
                 f"| {cell(stats['training_seconds'], digits=0)} |"
             )
     lines += [

@@ -248,11 +248,27 @@ def extract(archive: Path, dest: Path) -> None:
         raise DownloadError(f"{archive.name} is truncated or corrupt: {err}") from err
 
 
+def source_archives(mirror: str | None) -> tuple[Archive, ...]:
+    """The archives to fetch: the official ones, or `mirror`'s (a URL, or a local folder that
+    must exist) checked against its SHA256SUMS where it lists them."""
+    if not mirror:
+        return ARCHIVES
+    if not _is_url(mirror) and not Path(mirror).is_dir():
+        raise DownloadError(f"data.mirror: {mirror} is not a folder (nor a URL)")
+    return _with_mirror(ARCHIVES, mirror)
+
+
+def source_checksums(mirror: str | None) -> dict[str, str | None]:
+    """Each archive's name -> the checksum its download is verified against: what a run reads,
+    so that changed archives behind the same `mirror` change it."""
+    return {a.name: a.checksum for a in source_archives(mirror)}
+
+
 def fetch_all(raw_dir: Path, archive_dir: Path, mirror: str | None, retries: int = 3) -> None:
     """Fetch and verify all ARCHIVES (from `mirror` if given), then extract each under
     `raw_dir/<subdir>`. `raw_dir` is replaced only when everything succeeded."""
     raw_dir = Path(raw_dir)
-    archives = _with_mirror(ARCHIVES, mirror) if mirror else ARCHIVES
+    archives = source_archives(mirror)
     paths = [(a, fetch(a, Path(archive_dir), retries)) for a in archives]
     for stale in raw_dir.parent.glob(f".{raw_dir.name}.*.tmp"):
         shutil.rmtree(stale)

@@ -7,9 +7,10 @@ metric (seg mIoU, det mAP@.5, cls top-1) on its val split at the end of stage i,
 of the stage metrics.
 
 - Baseline of task j: R[j][j], its metric right after its own stage. Final: R[T][j].
-- Drop against a baseline b: absolute b - final, relative (b - final) / b; the task passes when
-  the relative drop is at most `max_drop` (compared after rounding to 6 decimals, so the verdict
-  flips exactly at the threshold).
+- Drop against a baseline b: absolute b - final, relative (b - final) / b, with the relative
+  drop's 95 % paired-bootstrap interval over the val images (`seqmtl.bootstrap`). The task
+  passes when the interval's upper end is at most `max_drop`, fails when its lower end is above
+  it, and is undecided otherwise.
 - Near chance: a value v with v - chance <= margin * (1 - chance), i.e. covering at most `margin`
   of the way from the chance level to a perfect 1. A task whose baseline is near chance was never
   learned: its verdict is "not learned", never a pass, and its relative drop is not defined.
@@ -78,31 +79,39 @@ def near_chance(value: float, chance: float, margin: float) -> bool:
 
 
 def compare(
-    baseline: float, final: float, chance: float, max_drop: float, margin: float
+    baseline: float,
+    final: float,
+    chance: float,
+    margin: float,
+    interval: dict[str, Any],
 ) -> dict[str, Any]:
-    """The drop from `baseline` to `final` and its verdict: "not learned" when the baseline is
-    near chance, else "pass" when the relative drop is at most `max_drop`, else "fail"."""
+    """The drop from `baseline` to `final` with its bootstrap `interval` (`bootstrap.drop_interval`)
+    and verdict: "not learned" when the baseline is near chance, else the interval's verdict."""
     absolute = round(baseline - final, DIGITS)
     if near_chance(baseline, chance, margin):
         return {"absolute": absolute, "relative": None, "verdict": "not learned"}
-    relative = round(absolute / baseline, DIGITS)
     return {
         "absolute": absolute,
-        "relative": relative,
-        "verdict": "pass" if relative <= max_drop else "fail",
+        "relative": round(absolute / baseline, DIGITS),
+        "interval": [interval["low"], interval["high"]],
+        "verdict": interval["verdict"],
+        "images": interval["images"],
+        "images_for_2.5%": interval["images_for_target"],
     }
 
 
 def evaluate_sequence(
     stages: list[dict[str, Any]],
     references: dict[str, dict[str, Any]],
+    intervals: dict[str, dict[str, dict[str, Any]]],
     max_drop: float,
     chance_margin: float,
     parameters: int,
 ) -> dict[str, Any]:
     """The deterministic evaluation (metrics/eval.json) from the stage metrics in order, per task
-    the metrics of its single-task reference, and the final model's parameter count. Chance levels
-    come from the last stage."""
+    the metrics of its single-task reference, per task the bootstrap intervals of its drop
+    against the baseline and the reference (`intervals[task]["vs_baseline" | "vs_reference"]`),
+    and the final model's parameter count. Chance levels come from the last stage."""
     matrix = forgetting_matrix(stages)
     chance = stages[-1]["chance"]
     tasks = {}
@@ -116,9 +125,13 @@ def evaluate_sequence(
             "final": final,
             "learned": not near_chance(baseline, chance[task], chance_margin),
             "final_near_chance": near_chance(final, chance[task], chance_margin),
-            "vs_baseline": compare(baseline, final, chance[task], max_drop, chance_margin),
+            "vs_baseline": compare(
+                baseline, final, chance[task], chance_margin, intervals[task]["vs_baseline"]
+            ),
             "vs_reference": {"value": reference}
-            | compare(reference, final, chance[task], max_drop, chance_margin),
+            | compare(
+                reference, final, chance[task], chance_margin, intervals[task]["vs_reference"]
+            ),
         }
     per_task = dict(zip(TASKS, forgetting(matrix), strict=False))
     return {
@@ -134,6 +147,10 @@ def evaluate_sequence(
         "parameters": parameters,
         "passed": {
             key: sum(entry[key]["verdict"] == "pass" for entry in tasks.values())
+            for key in ("vs_baseline", "vs_reference")
+        },
+        "undecided": {
+            key: sum(entry[key]["verdict"] == "undecided" for entry in tasks.values())
             for key in ("vs_baseline", "vs_reference")
         },
     }

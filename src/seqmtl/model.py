@@ -1,9 +1,11 @@
-"""The one-head model: backbone -> FPN fused at stride 8 -> one 2-3 layer head for all tasks.
+"""The one-head model: backbone -> FPN (P3, P4, P5) -> one 2-3 layer head for all tasks.
 
-The head's last 1x1 conv emits every task's channels at once; forward splits them into
-segmentation logits (B, C_seg, H/8, W/8) on the stride-8 map (a consumer upsamples them to the
-resolution it needs, once), detection (B, N, 4 + 1 + C_det) per
-location of the stride-8 map, and classification logits (B, C_cls) by global average pooling.
+The head's last 1x1 conv emits every task's channels at once. On the FPN's levels fused at
+stride 8 (P3 + P4 and P5 upsampled) forward splits them into segmentation logits
+(B, C_seg, H/8, W/8) (a consumer upsamples them to the resolution it needs, once), the P3 part of
+detection, and classification logits (B, C_cls) by global average pooling. The same head, the
+same weights, also runs on P4 and P5, where only its detection channels are computed; detection
+is (B, N, 4 + 1 + C_det) over the N locations of the three levels (`detection.pyramid_points`).
 """
 
 from __future__ import annotations
@@ -21,24 +23,27 @@ from torchvision.ops import FeaturePyramidNetwork
 from seqmtl.backbones import Backbone, build_backbone
 from seqmtl.data import TASKS
 
-STRIDE = 8
 DET_PRIOR = 0.01
 
 
 class Trunk(nn.Module):
-    """Backbone + FPN; returns the sum of the FPN levels, upsampled to stride 8."""
+    """Backbone + FPN; returns the FPN levels [P3, P4, P5] (strides 8, 16, 32)."""
 
     def __init__(self, backbone: str, pretrained: bool, channels: int, batchnorm: str) -> None:
         super().__init__()
         self.backbone = build_backbone(backbone, pretrained, batchnorm)
         self.neck = FeaturePyramidNetwork(list(self.backbone.out_channels), channels)
 
-    def forward(self, x: Tensor) -> Tensor:
-        levels = self.neck(OrderedDict(enumerate(self.backbone(x))))
-        fused, *coarser = levels.values()
-        for level in coarser:
-            fused = fused + F.interpolate(level, size=fused.shape[-2:], mode="nearest")
-        return fused
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return list(self.neck(OrderedDict(enumerate(self.backbone(x)))).values())
+
+
+def fuse(levels: list[Tensor]) -> Tensor:
+    """The sum of the levels, each upsampled (nearest) to the first one's size."""
+    fused, *coarser = levels
+    for level in coarser:
+        fused = fused + F.interpolate(level, size=fused.shape[-2:], mode="nearest")
+    return fused
 
 
 class Head(nn.Module):
@@ -62,8 +67,11 @@ class Head(nn.Module):
         )
         self.out = nn.Conv2d(channels, out_channels, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.hidden(x))
+    def forward(self, x: Tensor, channels: slice | None = None) -> Tensor:
+        """Every output channel, or only those of `channels`."""
+        if channels is None:
+            return self.out(self.hidden(x))
+        return F.conv2d(self.hidden(x), self.out.weight[channels], self.out.bias[channels])
 
 
 class UnifiedModel(nn.Module):
@@ -90,8 +98,9 @@ class UnifiedModel(nn.Module):
         self.head = Head(channels, sum(self.splits), head_layers)
         # Detection centerness and class logits start at the prior probability 0.01 (as in
         # RetinaNet and FCOS), so the focal loss does not begin by shouting at every location.
-        det = slice(self.splits[0] + 4, self.splits[0] + self.splits[1])
-        nn.init.constant_(self.head.out.bias[det], -math.log((1 - DET_PRIOR) / DET_PRIOR))
+        self.det_channels = slice(self.splits[0], self.splits[0] + self.splits[1])
+        scores = slice(self.splits[0] + 4, self.splits[0] + self.splits[1])
+        nn.init.constant_(self.head.out.bias[scores], -math.log((1 - DET_PRIOR) / DET_PRIOR))
         self.to(memory_format=torch.channels_last)
 
     def zero_task_output(self, task: str) -> None:
@@ -113,10 +122,12 @@ class UnifiedModel(nn.Module):
         """Outputs of every task (one pass computes them all, so `tasks` changes nothing here;
         models with a trunk per task use it to skip the others)."""
         x = x.contiguous(memory_format=torch.channels_last)
-        seg, det, cls = self.head(self.trunk(x)).split(self.splits, dim=1)
+        p3, *coarser = self.trunk(x)
+        seg, det, cls = self.head(fuse([p3, *coarser])).split(self.splits, dim=1)
+        det = [det] + [self.head(level, self.det_channels) for level in coarser]
         return {
             "seg": seg,
-            "det": det.flatten(2).transpose(1, 2),
+            "det": torch.cat([d.flatten(2) for d in det], 2).transpose(1, 2),
             "cls": cls.mean((2, 3)),
         }
 

@@ -31,10 +31,13 @@ def table(header: list[str], rows: list[list[str]], align: str) -> str:
 
 
 def drop_text(comparison: dict[str, Any]) -> str:
-    """'absolute (relative %)', the relative part a dash when it is not defined."""
+    """'absolute (relative % [interval %])', the relative part a dash when it is not defined."""
     relative = comparison["relative"]
-    share = "—" if relative is None else f"{100 * relative:.2f} %"
-    return f"{comparison['absolute']:.3f} ({share})"
+    if relative is None:
+        return f"{comparison['absolute']:.3f} (—)"
+    low, high = comparison["interval"]
+    bounds = "—" if low is None else f"{100 * low:.1f}, {100 * high:.1f}"
+    return f"{comparison['absolute']:.3f} ({100 * relative:.2f} % [{bounds}])"
 
 
 def verdict_text(comparison: dict[str, Any]) -> str:
@@ -121,6 +124,14 @@ def render_report(
         ]
         for i, row in enumerate(matrix.values())
     ]
+    needed = (
+        ", ".join(
+            f"{t} {e['vs_reference']['images_for_2.5%']} (has {e['vs_reference']['images']})"
+            for t, e in tasks.items()
+            if e["vs_reference"]["relative"] is not None
+        )
+        or "—"
+    )
     forgetting = task_order(evaluation["forgetting"])
     per_task_forgetting = ", ".join(f"{t} {v:.3f}" for t, v in forgetting.items() if t != "mean")
     training, references, inference = (
@@ -177,7 +188,9 @@ def render_report(
         f"One model with one shared head learns {' → '.join(tasks)}, one task per stage. Each "
         "task is scored on its val split with its primary metric: right after its own stage "
         "(its baseline) and at the end of the sequence (final). The drop is baseline minus final, "
-        f"also relative to the baseline; a task passes when the relative drop is at most {limit}. "
+        "also relative to the baseline, with its 95 % paired-bootstrap interval over the val "
+        f"images in brackets; a task passes when the interval's upper end is at most {limit}, "
+        "fails when its lower end is above it, and is undecided otherwise. "
         "The stricter comparison is with the single-task reference: the same initialisation "
         f"trained on that task alone with the same budget (for {TASKS[0]}, stage 1 itself). "
         "A task whose baseline is at chance level "
@@ -187,7 +200,9 @@ def render_report(
         table(TASK_HEADER, task_rows, "llrrrrlrrl"),
         f"Passed (≤ {limit}): {evaluation['passed']['vs_baseline']} of {n} tasks against their "
         f"own baseline, {evaluation['passed']['vs_reference']} of {n} against the single-task "
-        "reference.",
+        f"reference; undecided: {evaluation['undecided']['vs_baseline']} and "
+        f"{evaluation['undecided']['vs_reference']}. Val images an interval of ±2.5 % would "
+        f"need (against the reference): {needed}.",
         *(["\n".join(f"- {line}" for line in found)] if found else []),
         "## Forgetting",
         "R[i][j], task j's metric at the end of stage i (its baseline in bold):",

@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from seqmtl.data import TaskDataset
-from seqmtl.detection import decode, detection_loss, locations
+from seqmtl.detection import decode, detection_loss, pyramid_points
 from seqmtl.metrics import IGNORE_INDEX, ConfusionMatrix, coco_detection_metrics, miou, top1
-from seqmtl.model import STRIDE, eval_mode
+from seqmtl.model import eval_mode
 
 Targets = list[dict[str, Any]]
 
@@ -54,6 +54,11 @@ class Task:
         raise NotImplementedError
 
     def summarise(self, dataset: TaskDataset) -> dict[str, float]:
+        raise NotImplementedError
+
+    def per_image(self) -> dict[str, Any]:
+        """The last evaluation's per-image statistics, in the split's order (JSON-ready): what
+        `seqmtl.bootstrap` rescores resampled image sets from."""
         raise NotImplementedError
 
 
@@ -93,25 +98,31 @@ class Segmentation(Task):
         return (counts.max() / counts.sum()).item() / int((counts > 0).sum())
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
-        self.confusion = ConfusionMatrix(self.num_classes)
+        self.confusions: list[Tensor] = []
         return super().evaluate(model, loader, device)
 
     def accumulate(self, outputs: dict[str, Tensor], targets: Targets, loader: DataLoader) -> None:
         for logits, target in zip(outputs["seg"], targets, strict=True):
             mask = loader.dataset.original_masks[target["index"]]
             up = F.interpolate(logits[None], size=mask.shape, mode="bilinear", align_corners=False)
-            self.confusion.update(up[0].argmax(0).cpu(), mask)
+            confusion = ConfusionMatrix(self.num_classes)
+            confusion.update(up[0].argmax(0).cpu(), mask)
+            self.confusions.append(confusion.matrix)
 
     def summarise(self, dataset: TaskDataset) -> dict[str, float]:
-        result = miou(self.confusion.matrix)
+        result = miou(torch.stack(self.confusions).sum(0))
         return {"miou": result["miou"], "pixel_acc": result["pixel_acc"]}
+
+    def per_image(self) -> dict[str, Any]:
+        """Each image's confusion matrix (rows target, columns prediction), flattened."""
+        return {"confusion": [c.flatten().tolist() for c in self.confusions]}
 
 
 class Detection(Task):
-    """FCOS losses on the stride-8 map; COCOeval (bbox) on the split's annotation file with boxes
-    mapped back to original image coordinates; P / R / F1 at IoU 0.5 over detections scoring at
-    least `score_threshold`. Decoding keeps scores above `decode_threshold` (0.05, as COCO
-    evaluations usually do) so that the AP curve is complete."""
+    """FCOS losses over the pyramid's levels (`seqmtl.detection`); COCOeval (bbox) on the split's
+    annotation file with boxes mapped back to original image coordinates; P / R / F1 at IoU 0.5
+    over detections scoring at least `score_threshold`. Decoding keeps scores above
+    `decode_threshold` (0.05, as COCO evaluations usually do) so that the AP curve is complete."""
 
     name, primary = "det", "map50"
 
@@ -124,9 +135,8 @@ class Detection(Task):
 
     def loss(self, outputs: dict[str, Tensor], targets: Targets, size: int) -> dict[str, Tensor]:
         raw = outputs["det"]
-        points = locations(size // STRIDE, size // STRIDE, STRIDE, raw.device)
         moved = [{k: t[k].to(raw.device) for k in ("boxes", "labels")} for t in targets]
-        return detection_loss(raw, moved, points, STRIDE, self.num_classes)
+        return detection_loss(raw, moved, pyramid_points(size, raw.device), self.num_classes)
 
     def chance(self, dataset: TaskDataset) -> float:
         """Boxes placed without looking at the image score (near) zero AP."""
@@ -139,8 +149,7 @@ class Detection(Task):
     def accumulate(self, outputs: dict[str, Tensor], targets: Targets, loader: DataLoader) -> None:
         raw = outputs["det"]
         size = loader.dataset.size
-        points = locations(size // STRIDE, size // STRIDE, STRIDE, raw.device)
-        results = decode(raw, points, STRIDE, size, self.decode_threshold)
+        results = decode(raw, pyramid_points(size, raw.device), size, self.decode_threshold)
         dataset = loader.dataset
         for result, target in zip(results, targets, strict=True):
             h, w = dataset.original_sizes[target["index"]]
@@ -159,9 +168,14 @@ class Detection(Task):
                 )
 
     def summarise(self, dataset: TaskDataset) -> dict[str, float]:
+        self.image_ids = list(dataset.image_ids)
         with contextlib.redirect_stdout(io.StringIO()):
             gt = COCO(str(dataset.annotation_file))
         return coco_detection_metrics(gt, self.detections, self.score_threshold)
+
+    def per_image(self) -> dict[str, Any]:
+        """The split's image ids and every detection (COCO results format, original pixels)."""
+        return {"image_ids": self.image_ids, "detections": self.detections}
 
 
 class Classification(Task):
@@ -189,6 +203,11 @@ class Classification(Task):
 
     def summarise(self, dataset: TaskDataset) -> dict[str, float]:
         return {"top1": top1(torch.cat(self.logits), torch.stack(self.labels))}
+
+    def per_image(self) -> dict[str, Any]:
+        """Whether each image's top class is its label (1) or not (0)."""
+        right = torch.cat(self.logits).argmax(-1) == torch.stack(self.labels)
+        return {"correct": right.int().tolist()}
 
 
 def build_tasks(

@@ -31,13 +31,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StagePaths:
-    """Where a stage reads and writes (`snapshots` None: no snapshots during training)."""
+    """Where a stage reads and writes (`snapshots` None: no snapshots during training;
+    `per_image`: the final evaluation's per-image statistics, `Task.per_image` by task)."""
 
     mini: Path
     previous: Path | None
     checkpoint: Path
     snapshots: Path | None
     metrics: Path
+    per_image: Path
     timing: Path
     plots: Path
 
@@ -327,6 +329,7 @@ def _train_stage(
         "loss": {k: v for k, v in train_rows[-1].items() if "/" in k},
     }
     write_json(paths.metrics, metrics)
+    write_json(paths.per_image, {t: tasks[t].per_image() for t in seen})
     write_json(
         paths.timing,
         {

@@ -1,0 +1,28 @@
+"""Stage sources (always run): what the download stage would read, written to data/sources.json.
+
+For data.source download: each archive's checksum (the official one, or the mirror's SHA256SUMS),
+so that archives changed behind the same data.mirror rerun download and what follows, and an
+unchanged mirror reruns nothing. For synthetic data: the generator, which params.yaml fixes.
+"""
+
+import sys
+from pathlib import Path
+
+from seqmtl.download import source_checksums
+from seqmtl.files import write_json
+from seqmtl.stage import load_params, run
+
+
+def main() -> None:
+    cfg = load_params()["data"]
+    if cfg["source"] == "synthetic":
+        content = {"source": "synthetic"}
+    elif cfg["source"] == "download":
+        content = {"source": "download", "archives": source_checksums(cfg["mirror"])}
+    else:
+        raise ValueError(f"data.source must be 'synthetic' or 'download', got {cfg['source']!r}")
+    write_json(Path(sys.argv[1]), content)
+
+
+if __name__ == "__main__":
+    run(main)
