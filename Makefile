@@ -1,12 +1,13 @@
-# make repro: set up .venv (once, again when pyproject.toml changes) and run the pipeline.
+# make repro: set up .venv (once, again when pyproject.toml or constraints.txt change; the exact
+#   versions of constraints.txt) and run the pipeline.
 # make test:  the same setup, then the test suite.
 # make check-repro: reproduce and compare with the committed results (exact: one machine).
 # make tolerance: measure the reproduction tolerances under perturbed rounding (PROFILE, SET,
 #   TARGETS (stages) and OUT measure other params or stages, RUNS picks the perturbations, e.g.
 #   PROFILE=real MIRROR=folder TARGETS=reference_cls OUT=metrics/tolerance_real.json).
-# make sweep: every strategy x seed as DVC experiments (README, "Sweeps"), then the comparison.
-# make real MIRROR=folder: one experiment on the real data with the real-data profile.
-# make full GPUS=N: one experiment at full size on a GPU machine (N data-parallel processes).
+# make sweep: every strategy x seed as DVC experiments (docs/measurements.md, "Sweeps"), then the comparison.
+# make real MIRROR=folder: one experiment with the real-data profile (conf/profile/real.yaml).
+# make full GPUS=N: one experiment with the full-size profile on a GPU machine (N processes).
 # make compare: the comparison of finished experiments (NAME, PROFILE, REV as for make sweep).
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,9 +19,9 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 repro: $(STAMP)
@@ -39,41 +40,26 @@ tolerance: $(STAMP)
 	$(BIN)/python -m seqmtl.tolerance $(PROFILE_SET) $(SET) $(addprefix --target ,$(TARGETS)) \
 	  $(if $(OUT),--out $(OUT)) $(if $(RUNS),--runs $(RUNS))
 
-# The real-data profile (README, "Real data"): per-stage image sizes, epochs and learning rates
-# chosen by measurement on the real mirror, the gradient analysis on the whole training splits
-# (96 images resolved |G|^2 in 0 of 21 task-snapshots of a derpp_frozen run, all in 10); the
-# archives from MIRROR (a folder or URL) when given, else from the official hosts. PROFILE=real
-# adds it to a sweep.
+# Profiles are config groups (conf/profile/): a run records its `profile` as a param. MIRROR (a
+# folder or URL) replaces the official hosts; PROFILE picks the profile of a sweep, a comparison
+# or a tolerance measurement; SET adds -S overrides.
 MIRROR ?=
-SOURCE = -S data.source=download $(if $(MIRROR),-S data.mirror=$(if $(findstring ://,$(MIRROR)),$(MIRROR),$(abspath $(MIRROR))))
-REAL = $(SOURCE) -S subsample.n_train=240 -S subsample.n_val=300 \
-  -S stage1.image_size=256 -S stage1.epochs=16 -S stage1.lr=0.002 \
-  -S stage2.image_size=320 -S stage2.epochs=48 -S stage2.lr=0.002 \
-  -S stage3.image_size=224 -S stage3.epochs=10 -S stage3.lr=0.0005 \
-  -S train.checkpoint_every=4 -S gradients.images=null
-# The full-size profile for a GPU machine (README, "On a GPU, and at full size"): as many
-# images per task as VOC's segmentation splits allow, 512 px, GPUS data-parallel processes.
-# Unmeasured: no GPU run has measured its metrics or times yet. PROFILE=full adds it to a sweep.
-GPUS ?= 1
-FULL = $(SOURCE) -S subsample.n_train=1400 -S subsample.n_val=1400 -S train.processes=$(GPUS) \
-  -S stage1.image_size=512 -S stage1.epochs=40 -S stage1.batch_size=32 \
-  -S stage2.image_size=512 -S stage2.epochs=40 -S stage2.batch_size=32 -S stage2.lr=0.0005 \
-  -S stage3.image_size=160 -S stage3.epochs=20 -S stage3.batch_size=32 -S stage3.lr=0.0005 \
-  -S train.precision=bf16 -S train.checkpoint_every=10 -S gradients.images=200
+MIRROR_SET = $(if $(MIRROR),-S data.mirror=$(if $(findstring ://,$(MIRROR)),$(MIRROR),$(abspath $(MIRROR))))
 PROFILE ?=
-PROFILE_SET = $(if $(filter real,$(PROFILE)),$(REAL))$(if $(filter full,$(PROFILE)),$(FULL))
+PROFILE_SET = $(if $(PROFILE),-S profile=$(PROFILE)) $(MIRROR_SET)
+GPUS ?= 1
 real: $(STAMP)
-	$(BIN)/dvc exp run $(REAL) $(SET)
+	$(BIN)/dvc exp run -S profile=real $(MIRROR_SET) $(SET)
 
 full: $(STAMP)
-	$(BIN)/dvc exp run $(FULL) $(SET)
+	$(BIN)/dvc exp run -S profile=full -S train.processes=$(GPUS) $(MIRROR_SET) $(SET)
 
 # Queue every (strategy, seed) pair as a DVC experiment and run the queue with DVC's own workers.
 # One run per seed goes first, so that the strategy-independent stages (data, stage 1, the
 # references) are computed once per seed and then restored from DVC's run cache by the others.
 # SET adds params to every run (e.g. the real data); NAME names the comparison's outputs.
 SEEDS ?= 0 1 2
-STRATEGIES ?= naive replay ewc lwf derpp derpp_frozen gradnorm pcgrad uncertainty cumulative independent
+STRATEGIES ?= $(shell $(BIN)/python -c "from seqmtl.strategies import strategy_names; print(*strategy_names())")
 JOBS ?= 1
 SET ?=
 NAME ?= comparison

@@ -39,8 +39,11 @@ def run(repo: Path, *args: str) -> str:
 
 
 def set_params(repo: Path, change: dict) -> None:
-    path = repo / "params.yaml"
-    path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), change)))
+    """`change` merged into the copy's params.yaml (what `dvc repro` reads) and, where it has one,
+    into its conf/config.yaml (what `dvc exp run` composes params.yaml from)."""
+    for path in (repo / "params.yaml", repo / "conf" / "config.yaml"):
+        if path.is_file():
+            path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), change)))
 
 
 def ran(output: str) -> set[str]:

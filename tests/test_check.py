@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from seqmtl.check import checked_metrics, is_checked, metric_differences
-from seqmtl.tolerance import FLOOR, copy_tree, set_params, spread
+from seqmtl.check import checked_metrics, is_checked, metric_differences, torch_note
+from seqmtl.tolerance import FLOOR, copy_tree, spread
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,19 +92,6 @@ def test_checked_metrics_of_a_run(tmp_path: Path) -> None:
     }
 
 
-def test_set_params_as_dvc_exp_run_does() -> None:
-    params = {"seed": 0, "data": {"source": "synthetic", "mirror": None}, "stage3": {"lr": 0.002}}
-    changes = ["data.source=download", "data.mirror=/m", "stage3.lr=0.0005", "seed=2"]
-    assert set_params(params, changes) == {
-        "seed": 2,
-        "data": {"source": "download", "mirror": "/m"},
-        "stage3": {"lr": 0.0005},
-    }
-    for bad in ("stage3.lrr=1", "stage4.lr=1", "seed.x=1", "seed"):
-        with pytest.raises(ValueError, match=f"-S {bad}:"):
-            set_params(params, [bad])
-
-
 def test_a_tolerance_copy_has_the_params_set_and_no_metrics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -111,6 +99,7 @@ def test_a_tolerance_copy_has_the_params_set_and_no_metrics(
     copy_tree(tmp_path, ["seed=3", "stage3.epochs=7"])
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert params["seed"] == 3 and params["stage3"]["epochs"] == 7
+    assert params["profile"] == "synthetic"
     assert params["stage2"] == yaml.safe_load((REPO / "params.yaml").read_text())["stage2"]
     assert (tmp_path / "dvc.yaml").is_file() and not list((tmp_path / "metrics").glob("*.json"))
     show = ["git", "show", "HEAD:params.yaml"]
@@ -123,7 +112,7 @@ def test_a_tolerance_copy_has_the_params_set_and_no_metrics(
     [
         (["-S", "seed=1"], "need an --out other than metrics/tolerance.json"),
         (["--target", "stage1_seg", "--out", "metrics/tolerance.json"], "need an --out other"),
-        (["-S", "stage9.lr=1", "--out", "x.json"], "-S stage9.lr=1: expected KEY=VALUE"),
+        (["-S", "stage9.lr=1", "--out", "x.json"], "-S stage9.lr=1: Could not override"),
     ],
 )
 def test_tolerance_rejects_a_changed_run_that_would_overwrite_the_default(
@@ -135,3 +124,13 @@ def test_tolerance_rejects_a_changed_run_that_would_overwrite_the_default(
     )  # fmt: skip
     assert result.returncode != 0 and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_torch_other_than_the_tolerances_one_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "tolerance.json"
+    path.write_text(json.dumps({"machine": {"torch": torch.__version__}}))
+    assert torch_note(path) == ""
+    path.write_text(json.dumps({"machine": {"torch": "2.0.0"}}))
+    assert f"torch {torch.__version__} is installed" in torch_note(path)
+    assert "measured with torch 2.0.0" in torch_note(path)
+    assert torch_note(tmp_path / "absent.json") == ""

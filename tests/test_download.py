@@ -278,6 +278,6 @@ def test_a_missing_mirror_fails_with_one_line_and_no_output(tmp_path: Path, stag
 
 def test_a_mirror_without_an_archive_fails_naming_it(tmp_path: Path) -> None:
     (tmp_path / "mirror").mkdir()
-    with pytest.raises(DownloadError, match="imagenette2-160.tgz not found in mirror folder"):
+    with pytest.raises(DownloadError, match=r"imagenette2-160\.tgz not found in mirror folder"):
         fetch_all(tmp_path / "raw", tmp_path / "archives", str(tmp_path / "mirror"), retries=0)
     assert not (tmp_path / "raw").exists()

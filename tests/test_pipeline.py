@@ -29,7 +29,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
-    for name in ("src", "stages", ".dvc"):
+    for name in ("src", "stages", ".dvc", "conf"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("tmp", "cache"))
     set_params(root, TINY)
     run(root, "git", "init", "-q")
@@ -118,6 +118,9 @@ def test_queued_sweep_comparison_and_export(repo: Path) -> None:
     assert "Running stage 'stage2_det'" in logs[second]
     for stage in ("stage1_seg", "reference_det", "reference_cls"):
         assert f"Running stage '{stage}'" not in logs[second]
+    shown = run(repo, "dvc", "exp", "show", "--csv").splitlines()
+    column = shown[0].split(",").index("profile")  # every run records its profile
+    assert {row.split(",")[column] for row in shown[1:]} == {"synthetic"}
     output = run(repo, sys.executable, "-m", "seqmtl.compare", "--name", "sweep")
     comparison = json.loads((repo / "metrics" / "sweep.json").read_text())
     assert sorted(comparison["strategies"]) == ["naive", "replay"]
@@ -128,9 +131,11 @@ def test_queued_sweep_comparison_and_export(repo: Path) -> None:
     # in the workspace, the report's figure links resolving from its new folder.
     run(repo, sys.executable, "-m", "seqmtl.export", second, "kept/replay")
     run(repo, "dvc", "exp", "apply", second)
-    kept, figures = repo / "metrics" / "kept" / "replay", repo / "plots" / "kept" / "replay"
+    kept = repo / "results" / "kept" / "replay"
+    figures = kept / "plots"
     for name in ("stage3.json", "reference_cls.json", "eval.json", "efficiency.json"):
         assert (kept / name).read_bytes() == (repo / "metrics" / name).read_bytes()
+    assert (kept / "params.yaml").read_bytes() == (repo / "params.yaml").read_bytes()
     assert json.loads((kept / "eval.json").read_text())["strategy"] == "replay"
     pngs = sorted((repo / "plots" / "evaluate").glob("*.png"))
     assert pngs and [p.name for p in pngs] == sorted(p.name for p in figures.iterdir())
@@ -146,7 +151,7 @@ def test_queued_sweep_comparison_and_export(repo: Path) -> None:
         text=True,
     )
     assert missing.returncode == 1 and "'no-such-run': no such experiment" in missing.stderr
-    assert not (repo / "metrics" / "kept" / "none").exists()
+    assert not (repo / "results" / "kept" / "none").exists()
 
 
 def pack_mirror(raw: Path, folder: Path) -> None:
@@ -172,7 +177,7 @@ def test_a_changed_mirror_reruns_download_and_an_unchanged_one_does_not(
     root.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
-    for name in ("src", "stages", ".dvc"):
+    for name in ("src", "stages", ".dvc", "conf"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("tmp", "cache"))
     mirror = tmp_path / "mirror"
     pack_mirror(tiny_raw, mirror)

@@ -16,8 +16,8 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 # The same machine type gives byte-identical metrics; another CPU (other SIMD kernels, other
-# rounding) moves them within the tolerances measured in metrics/tolerance.json (README,
-# "Reproducibility"), which the check applies by default.
+# rounding) moves them within the tolerances measured in metrics/tolerance.json
+# (docs/measurements.md, "Reproducibility"), which the check applies by default.
 
 
 def test_default_pipeline_reproduces_the_committed_results(tmp_path: Path) -> None:

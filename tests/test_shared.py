@@ -27,7 +27,7 @@ def test_a_sweep_split_over_two_machines_is_compared_as_one(tmp_path: Path) -> N
     project.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, project / name)
-    for name in ("src", "stages", ".dvc"):
+    for name in ("src", "stages", ".dvc", "conf"):
         shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("tmp", "cache"))
     set_params(project, TINY)
     run(project, "git", "init", "-q")

@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 TIMING = ("*_time.json", "efficiency.json")
 GRADIENTS = "metrics/gradients.json"
 PRIMARY = ("final.seg.miou", "final.det.map50", "final.cls.top1")
@@ -166,6 +168,20 @@ def check(base: str, exact: bool, repro: bool) -> tuple[list[str], str]:
     return failures, dvc("metrics", "diff", base, "--md", "--precision", "6")
 
 
+def torch_note(tolerances: Path) -> str:
+    """A line saying so where the installed torch is not the one `tolerances` were measured
+    with (their rounding, and so the spreads, belong to that version); else ''."""
+    if not tolerances.is_file():
+        return ""
+    measured = json.loads(tolerances.read_text())["machine"]["torch"]
+    if measured == torch.__version__:
+        return ""
+    return (
+        f"\nNote: torch {torch.__version__} is installed; the tolerances were measured with "
+        f"torch {measured} (constraints.txt pins the version the results were made with).\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="HEAD", help="revision holding the expected results")
@@ -181,7 +197,7 @@ def main() -> None:
     report = (
         f"## Reproduction check {verdict}\n\n"
         f"Metrics against `{args.base}` ({mode}; timing files {', '.join(TIMING)} are shown, "
-        f"not compared):\n\n{table or 'no metric changed'}\n"
+        f"not compared):\n\n{table or 'no metric changed'}\n{torch_note(TOLERANCES)}"
     )
     if failures:
         report += "\nFailures:\n\n" + "".join(f"- {f}\n" for f in failures)

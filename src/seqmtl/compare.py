@@ -5,7 +5,8 @@
 
 Reads `dvc exp show --json --rev REV` for each REV (default HEAD; or `--input`, a saved copy):
 the run committed at REV and every finished experiment based on it. A run takes part when its
-params equal params.yaml except for `strategy`, `seed`, `data.mirror` (where the archives were
+params equal params.yaml (with `-S profile=NAME`: that profile's composition, `seqmtl.config`)
+except for `strategy`, `seed`, `data.mirror` (where the archives were
 read from, a machine's path), the sections of the strategies it did not run (no stage of it
 reads them) and the keys given with `-S` (which it must match), so runs of another
 configuration (real data, other epochs) never mix in; one run per (strategy, seed),
@@ -42,6 +43,7 @@ from scipy.stats import false_discovery_control, ttest_rel
 from scipy.stats import t as student_t
 
 from seqmtl.check import dvc, flatten
+from seqmtl.config import compose
 from seqmtl.data import TASKS
 from seqmtl.files import atomic_file, save_png, write_json
 from seqmtl.strategies import strategy_names
@@ -410,7 +412,12 @@ def main() -> None:
             for entry in json.loads(dvc("exp", "show", "--json", "--rev", rev))
         ]
     fixed = parse_fixed(args.fixed)
-    runs = select(read_runs(exp_show), yaml.safe_load(args.params.read_text()), fixed)
+    profile = [item for item in args.fixed if item.startswith("profile=")]
+    try:
+        base = compose(profile) if profile else yaml.safe_load(args.params.read_text())
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    runs = select(read_runs(exp_show), base, fixed)
     if not runs:
         raise SystemExit("no finished run matches; see `dvc exp show` and the -S filters")
     comparison = aggregate(runs) | {"fixed": fixed}

@@ -38,6 +38,7 @@ import torch
 import yaml
 
 from seqmtl.check import GRADIENTS, checked_metrics, dvc
+from seqmtl.config import CONF, compose
 from seqmtl.files import write_json
 from seqmtl.runtime import machine
 
@@ -51,25 +52,10 @@ FLOOR = 1e-6  # one unit of the 6 decimals the metrics are stored with
 DEFAULT_OUT = Path("metrics/tolerance.json")
 
 
-def set_params(params: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
-    """`params` with each `KEY=VALUE` of `assignments` applied: KEY a dotted path to an existing
-    param, VALUE parsed as YAML (as `dvc exp run -S` does); anything else raises a ValueError
-    naming the assignment."""
-    for assignment in assignments:
-        key, equals, value = assignment.partition("=")
-        *parents, last = key.split(".")
-        section = params
-        for name in parents:
-            section = section.get(name) if isinstance(section, dict) else None
-        if not equals or not isinstance(section, dict) or last not in section:
-            raise ValueError(f"-S {assignment}: expected KEY=VALUE with KEY a param of params.yaml")
-        section[last] = yaml.safe_load(value)
-    return params
-
-
 def copy_tree(target: Path, assignments: list[str]) -> None:
     """The tracked and untracked-but-not-ignored files of the working tree, copied to `target`
-    with `assignments` applied to its params.yaml (`set_params`) and its metrics files removed
+    with its params.yaml composed with `assignments` (`seqmtl.config.compose`, as `dvc exp run -S`
+    would) and its metrics files removed
     (only what the run writes is measured), then committed there as a fresh git repository
     (DVC needs one)."""
     listed = subprocess.run(
@@ -83,8 +69,7 @@ def copy_tree(target: Path, assignments: list[str]) -> None:
     for metrics in (target / "metrics").glob("*.json"):
         metrics.unlink()
     if assignments:
-        params = yaml.safe_load((target / "params.yaml").read_text())
-        text = yaml.safe_dump(set_params(params, assignments), sort_keys=False)
+        text = yaml.safe_dump(compose(assignments, target / CONF), sort_keys=False)
         (target / "params.yaml").write_text(text)
     git = ["git", "-c", "user.name=seqmtl", "-c", "user.email=seqmtl@localhost"]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "tolerance run"]):
@@ -160,7 +145,7 @@ def main() -> None:
         sys.exit(f"-S and --target need an --out other than {DEFAULT_OUT} (the default's)")
     args.out = args.out or DEFAULT_OUT
     try:
-        set_params(yaml.safe_load(Path("params.yaml").read_text()), args.params)
+        compose(args.params)
     except ValueError as error:
         sys.exit(str(error))
     result = measure(args.runs, args.margin, args.params, args.targets)
