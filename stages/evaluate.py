@@ -78,7 +78,7 @@ def main() -> None:
     stages = [read(name) for name in names]
     references = {TASKS[0]: stages[0]} | {t: read(f"reference_{t}") for t in TASKS[1:]}
     mini, device = Path("data/mini"), resolve_device(params["device"])
-    model, _ = load_checkpoint(CHECKPOINTS / f"{names[-1]}.pt", params, mini, int(params["seed"]))
+    model, _ = load_checkpoint(CHECKPOINTS / f"{names[-1]}.pt")
     model.to(device)
     evaluation = evaluate_sequence(
         stages,

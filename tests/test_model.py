@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from seqmtl.backbones import BACKBONES
-from seqmtl.model import Head, UnifiedModel, eval_mode, fuse
+from seqmtl.checkpoints import load_checkpoint
+from seqmtl.model import (
+    Head,
+    IndependentModel,
+    UnifiedModel,
+    architecture,
+    eval_mode,
+    fuse,
+)
 
 COUNTS = {"seg": 21, "det": 10, "cls": 10}
 
@@ -88,3 +98,27 @@ def test_eval_mode_restores_the_previous_mode_even_on_error(training: bool) -> N
         assert inside is model and not any(m.training for m in model.modules())
         raise RuntimeError("inside")
     assert all(m.training == training for m in model.modules())
+
+
+@pytest.mark.parametrize("members", [None, ["seg", "det"]])
+def test_a_checkpoint_rebuilds_its_model_from_its_architecture_alone(
+    tmp_path: Path, members: list[str] | None
+) -> None:
+    config = {"backbone": "mobilenet_v3_small", "channels": 32, "head_layers": 2,
+              "batchnorm": "frozen"}  # fmt: skip
+
+    def unified() -> UnifiedModel:
+        return UnifiedModel(COUNTS, "mobilenet_v3_small", False, 32, 2, "frozen")
+
+    model = unified() if members is None else IndependentModel({t: unified() for t in members})
+    path = tmp_path / "stage.pt"
+    torch.save({"model": model.state_dict(), "architecture": architecture(model, config)}, path)
+    loaded, _ = load_checkpoint(path)
+    assert type(loaded) is type(model)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = model.eval()(x), loaded.eval()(x)
+    assert all(torch.equal(expected[t], got[t]) for t in expected)
+    torch.save({"model": model.state_dict()}, path)
+    with pytest.raises(ValueError, match="no architecture record"):
+        load_checkpoint(path)

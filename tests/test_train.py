@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+import seqmtl.tasks
 import seqmtl.train
 from conftest import REPO, TINY, merge
 from seqmtl.checkpoints import model_factory
@@ -195,3 +196,16 @@ def test_every_task_is_trained_and_evaluated_at_its_own_size(
     assert ("seg", "val", 64) in built and ("seg", "train", 64) in built  # replayed at 64
     assert ("det", "val", 96) in built and ("det", "train", 96) in built
     assert {size for task, _, size in built if task == "seg"} == {64}
+
+
+def test_a_non_finite_loss_stops_the_stage_naming_it_and_writes_nothing(
+    tiny_mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def diverged(self: object, outputs: dict, targets: list, size: int) -> dict:
+        return {"ce": outputs["seg"].sum() * float("nan")}
+
+    monkeypatch.setattr(seqmtl.tasks.Segmentation, "loss", diverged)
+    stage = paths(tmp_path, tiny_mini, 1)
+    with pytest.raises(ValueError, match=r"^stage1 \(seg\), epoch 1: loss seg/ce is nan$"):
+        train_stage(1, params(), stage)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))

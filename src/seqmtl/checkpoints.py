@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from seqmtl.data import class_names
-from seqmtl.model import UnifiedModel
-from seqmtl.strategies import build_strategy
+from seqmtl.model import UnifiedModel, build_model
 
 
 def model_factory(params: dict[str, Any], mini: Path, seed: int) -> Any:
@@ -33,11 +32,12 @@ def model_factory(params: dict[str, Any], mini: Path, seed: int) -> Any:
     return make
 
 
-def load_checkpoint(
-    path: Path, params: dict[str, Any], mini: Path, seed: int
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A saved model rebuilt by the strategy that trained it, and the checkpoint itself."""
+def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A saved model rebuilt from the architecture its checkpoint records (no strategy, no
+    params), and the checkpoint itself."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    strategy = build_strategy(checkpoint["strategy"], params)
-    model = strategy.load_model(model_factory(params, mini, seed), checkpoint, checkpoint["tasks"])
+    if "architecture" not in checkpoint:
+        raise ValueError(f"{path}: no architecture record (a checkpoint of an older version)")
+    model = build_model(checkpoint["architecture"])
+    model.load_state_dict(checkpoint["model"])
     return model, checkpoint

@@ -355,7 +355,7 @@ def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str,
     directions: dict[str, dict[str, Tensor]] = {}
     errors: list[float] = []
     for path in paths.snapshots:
-        model, checkpoint = load_checkpoint(path, params, paths.mini, seed)
+        model, checkpoint = load_checkpoint(path)
         model.eval().requires_grad_(True)  # a strategy may have frozen some parameters
         shared = shared_parameter_groups(model)
         tasks = build_tasks(

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +131,60 @@ class UnifiedModel(nn.Module):
             "det": torch.cat([d.flatten(2) for d in det], 2).transpose(1, 2),
             "cls": cls.mean((2, 3)),
         }
+
+
+class IndependentModel(nn.Module):
+    """A separate UnifiedModel (trunk + head) per task; task t's outputs are read from its own
+    member's channels. Each member's head still emits every task's channels (the others' unused
+    channels·(C_all - C_t) weights are a negligible share), so the count errs on the high side.
+    Members of frozen tasks take no gradient and stay in eval mode whatever `train` is called."""
+
+    def __init__(self, members: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleDict(members)
+        self.num_classes: dict[str, int] = dict(next(iter(members.values())).num_classes)
+        self.frozen: set[str] = set()
+
+    def freeze(self, tasks: Iterable[str]) -> None:
+        """Stop training the members of `tasks`: no gradient, eval mode from now on."""
+        for task in tasks:
+            self.members[task].requires_grad_(False)
+            self.frozen.add(task)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> IndependentModel:
+        super().train(mode)
+        for task in self.frozen:
+            self.members[task].eval()
+        return self
+
+    def forward(self, x: Tensor, tasks: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+        """Outputs of `tasks` (every member's when None), each from its own member only."""
+        return {t: self.members[t](x, tasks=(t,))[t] for t in tasks or tuple(self.members)}
+
+
+def architecture(model: nn.Module, config: dict[str, Any]) -> dict[str, Any]:
+    """What rebuilds `model` without its training strategy (`build_model`): the model params it
+    was built with, its class counts, and the tasks of its members where it has one trunk per task
+    (None: one shared trunk)."""
+    members = list(model.members) if isinstance(model, IndependentModel) else None
+    keys = ("backbone", "channels", "head_layers", "batchnorm")
+    return {"num_classes": dict(model.num_classes), "members": members} | {
+        k: config[k] for k in keys
+    }
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """The model an `architecture` record describes, freshly initialised (no pretrained weights
+    loaded: a checkpoint's state replaces them)."""
+
+    def unified() -> UnifiedModel:
+        return UnifiedModel(arch["num_classes"], arch["backbone"], False, arch["channels"],
+                            arch["head_layers"], arch["batchnorm"])  # fmt: skip
+
+    if arch["members"] is None:
+        return unified()
+    return IndependentModel({task: unified() for task in arch["members"]})
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from seqmtl.data import TASKS, TaskDataset, build_dataset, collate, task_image_s
 from seqmtl.distributed import average_, is_main, rank, setup, teardown, world_size
 from seqmtl.files import atomic_dir, atomic_file, file_digest, write_json
 from seqmtl.logs import write_csv
-from seqmtl.model import UnifiedModel, backbone_parameters
+from seqmtl.model import UnifiedModel, architecture, backbone_parameters
 from seqmtl.runtime import peak_memory_mb, resolve_device, seed_everything
 from seqmtl.strategies import Losses, StageContext, Strategy, build_strategy, total
 from seqmtl.tasks import Targets, build_tasks, evaluate_all
@@ -119,6 +119,10 @@ def build_optimizer(
     )
 
 
+class NonFiniteLoss(ValueError):
+    """A loss term that is NaN or infinite: the step is not taken."""
+
+
 def train_step(
     ctx: StageContext,
     strategy: Strategy,
@@ -131,10 +135,14 @@ def train_step(
     """One update of the model from a batch of the new task: the strategy's losses and backward,
     the gradients averaged over data-parallel processes (`seqmtl.distributed`), clipped to
     `max_norm` (where given), the optimiser's step. Returns the losses and the gradient norm
-    before clipping."""
+    before clipping; a loss that is not finite raises `NonFiniteLoss` before any update."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(ctx.device.type, torch.bfloat16, enabled=mixed):
         losses = strategy.losses(ctx, images, targets)
+    for term, parts in losses.items():
+        for part, value in parts.items():
+            if not torch.isfinite(value.detach()).all():
+                raise NonFiniteLoss(f"loss {term}/{part} is {value.item()}")
     strategy.backward(ctx, losses)
     average_(p.grad for group in optimizer.param_groups for p in group["params"])
     trainable = [p for p in ctx.model.parameters() if p.requires_grad]
@@ -234,6 +242,7 @@ def _train_stage(
                 "runs on CUDA only; use model.batchnorm: frozen or one process"
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    arch = architecture(model, params["model"])
     model.to(device)
     seed_everything(seed + stage)
 
@@ -289,9 +298,12 @@ def _train_stage(
             for dataset in train_sets.values():
                 dataset.epoch = epoch
             start = time.perf_counter()
-            sums, waited, seen_now = train_one_epoch(
-                ctx, strategy, loader, optimizer, scheduler, mixed, max_norm
-            )
+            try:
+                sums, waited, seen_now = train_one_epoch(
+                    ctx, strategy, loader, optimizer, scheduler, mixed, max_norm
+                )
+            except NonFiniteLoss as error:
+                raise ValueError(f"{name} ({task}), epoch {epoch}: {error}") from None
             train_time += time.perf_counter() - start
             data_time += waited
             images_seen += seen_now * world
@@ -309,7 +321,7 @@ def _train_stage(
             if snapshots and (epoch % int(train_cfg["checkpoint_every"]) == 0 or last):
                 torch.save(
                     {"model": model.state_dict(), "epoch": global_epoch, "tasks": seen,
-                     "strategy": strategy_name},
+                     "strategy": strategy_name, "architecture": arch},
                     snapshots / f"epoch_{global_epoch:03d}.pt",
                 )  # fmt: skip
     strategy.after_stage(ctx)
@@ -318,7 +330,7 @@ def _train_stage(
     with atomic_file(paths.checkpoint, "wb") as handle:
         torch.save(
             {"model": model.state_dict(), "tasks": seen, "strategy": strategy_name,
-             "strategy_state": strategy.state_dict()},
+             "strategy_state": strategy.state_dict(), "architecture": arch},
             handle,
         )  # fmt: skip
     metrics = {

@@ -6,42 +6,13 @@ price of one network per task (about 3x the parameters of the unified model at s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
+from seqmtl.model import IndependentModel
 from seqmtl.strategies.base import StageContext, Strategy, register
-
-
-class IndependentModel(nn.Module):
-    """A separate UnifiedModel (trunk + head) per task; task t's outputs are read from its own
-    member's channels. Each member's head still emits every task's channels (the others' unused
-    channels·(C_all - C_t) weights are a negligible share), so the count errs on the high side.
-    Members of frozen tasks take no gradient and stay in eval mode whatever `train` is called."""
-
-    def __init__(self, members: dict[str, nn.Module]) -> None:
-        super().__init__()
-        self.members = nn.ModuleDict(members)
-        self.num_classes: dict[str, int] = dict(next(iter(members.values())).num_classes)
-        self.frozen: set[str] = set()
-
-    def freeze(self, tasks: Iterable[str]) -> None:
-        """Stop training the members of `tasks`: no gradient, eval mode from now on."""
-        for task in tasks:
-            self.members[task].requires_grad_(False)
-            self.frozen.add(task)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> IndependentModel:
-        super().train(mode)
-        for task in self.frozen:
-            self.members[task].eval()
-        return self
-
-    def forward(self, x: Tensor, tasks: tuple[str, ...] | None = None) -> dict[str, Tensor]:
-        """Outputs of `tasks` (every member's when None), each from its own member only."""
-        return {t: self.members[t](x, tasks=(t,))[t] for t in tasks or tuple(self.members)}
 
 
 @register("independent")
