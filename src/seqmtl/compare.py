@@ -351,8 +351,9 @@ def render(comparison: dict[str, Any], name: str, fixed: dict[str, Any]) -> str:
 
 
 def plot(comparison: dict[str, Any], path: Path) -> None:
-    """Final metric and relative drop per strategy and task, mean with ± std error bars; a
-    relative-drop bar over fewer seeds than the strategy ran is labelled with its `seed_count`."""
+    """Per strategy and task: the final metric (mean ± std over seeds) beside the task's
+    single-task reference (a dashed line at its mean), and the relative drop against the
+    reference with its 95 % t-interval over seeds, beside the 5 % line."""
     strategies = list(comparison["strategies"])
     fig = Figure(figsize=(max(8, 1.3 * len(strategies) + 3), 4))
     axes = fig.subplots(1, 2)
@@ -360,20 +361,25 @@ def plot(comparison: dict[str, Any], path: Path) -> None:
     for k, task in enumerate(TASKS):
         rows = [comparison["strategies"][s]["tasks"][task] for s in strategies]
         x = [i + (k - (len(TASKS) - 1) / 2) * width for i in range(len(strategies))]
-        for ax, key, scale in ((axes[0], "final", 1), (axes[1], "relative_drop", 100)):
-            stats = [r[key] or {"mean": math.nan, "std": None} for r in rows]
-            ax.bar(
-                x, [s["mean"] * scale for s in stats], width,
-                yerr=[(s["std"] or 0) * scale for s in stats], capsize=2,
-                label=f"{task} ({rows[0]['metric']})",
-            )  # fmt: skip
-        for i, (strategy, row) in enumerate(zip(strategies, rows, strict=True)):
-            drop, seeds = row["relative_drop"], len(comparison["strategies"][strategy]["seeds"])
-            if drop is not None and (count := seed_count(drop, seeds)):
-                axes[1].annotate(count, (x[i], drop["mean"] * 100), ha="center", va="bottom",
-                                 fontsize=6)  # fmt: skip
-    axes[0].set(ylabel="final metric (mean ± std over seeds)", ylim=(0, 1))
-    axes[1].set(ylabel="drop from own baseline, % (mean ± std)")
+        label = f"{task} ({rows[0]['metric']})"
+        final = [r["final"] for r in rows]
+        bars = axes[0].bar(x, [f["mean"] for f in final], width, label=label, capsize=2,
+                           yerr=[f["std"] or 0 for f in final])  # fmt: skip
+        reference = comparison["tasks"][task]["reference"]["mean"]
+        colour = bars.patches[0].get_facecolor()
+        axes[0].hlines(reference, x[0] - width, x[-1] + width, colors=colour, linestyles="--",
+                       linewidth=1)  # fmt: skip
+        drops = [r["relative_drop_vs_reference"] for r in rows]
+        means = [math.nan if d is None else 100 * d["mean"] for d in drops]
+        below = [
+            0 if d is None or d["low"] is None else 100 * (d["mean"] - d["low"]) for d in drops
+        ]
+        above = [
+            0 if d is None or d["high"] is None else 100 * (d["high"] - d["mean"]) for d in drops
+        ]
+        axes[1].bar(x, means, width, yerr=[below, above], capsize=2, label=label)
+    axes[0].set(ylabel="final metric (mean ± std); dashed: reference", ylim=(0, 1))
+    axes[1].set(ylabel="drop vs reference, % (mean, 95 % t-interval)")
     axes[1].axhline(5, color="black", linestyle="--", linewidth=1, label="5 % threshold")
     for ax in axes:
         ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right")
