@@ -33,8 +33,8 @@ from seqmtl.backbones import BACKBONES
 from seqmtl.data import TASKS, TaskDataset, build_dataset, class_names, collate
 from seqmtl.files import write_json
 from seqmtl.model import UnifiedModel
-from seqmtl.runtime import keep_freed_memory, machine, resolve_device
-from seqmtl.stage import load_params
+from seqmtl.runtime import machine, resolve_device
+from seqmtl.stage import keep_freed_memory, load_params
 from seqmtl.strategies import StageContext, build_strategy
 from seqmtl.subsample import subsample
 from seqmtl.synthetic import COCO_FIRST_TEN, generate
@@ -42,7 +42,7 @@ from seqmtl.tasks import build_tasks
 from seqmtl.timing import first_backbone, inference_timings, interleaved, ratio, summary
 from seqmtl.train import build_optimizer, train_step
 
-REAL_SIZES = {"seg": 256, "det": 320, "cls": 224}  # the real-data profile's (Makefile, REAL)
+REAL_SIZES = {"seg": 256, "det": 320, "cls": 224}  # conf/profile/real.yaml's
 
 
 def training_timings(

@@ -80,7 +80,8 @@ class UnifiedModel(nn.Module):
 
     Its weights and activations are in the channels_last memory format (inputs are converted):
     oneDNN's CPU convolutions, the depthwise ones above all, run faster in it, forward and
-    backward (a training step at 256 px 1.52 -> 1.14 s on a 2-core AMD EPYC; README, "Benchmark").
+    backward (a training step at 256 px 1.52 -> 1.14 s on a 2-core AMD EPYC; docs/measurements.md,
+    "Benchmark").
     """
 
     def __init__(
@@ -109,7 +110,7 @@ class UnifiedModel(nn.Module):
         outputs are the prior. For a task that starts on a trunk trained for another: that
         trunk's features are far larger than a fresh one's, and random output weights on them
         start the task far from its prior, with a loss and gradient spike that rewrites the
-        shared layers (see the README, "Starting a new task")."""
+        shared layers (see docs/measurements.md, "Starting a new task")."""
         index = TASKS.index(task)
         start = sum(self.splits[:index])
         with torch.no_grad():

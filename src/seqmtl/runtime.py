@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import platform
 import random
@@ -21,18 +19,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to serve every block from its heap and never hand freed memory back to
-    the system, so each training step reuses the pages of the last one instead of mapping,
-    faulting in and zeroing them again (README, "Benchmark", for what it measured). Returns
-    whether it applied: not on another C library, where nothing changes."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-from seqmtl.runtime import keep_freed_memory
 
 PARAMS = Path("params.yaml")
 
@@ -19,6 +20,18 @@ def load_params(path: Path = PARAMS) -> dict[str, Any]:
     """The parsed params.yaml."""
     with open(path) as handle:
         return yaml.safe_load(handle)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to serve every block from its heap and never hand freed memory back to
+    the system, so each training step reuses the pages of the last one instead of mapping,
+    faulting in and zeroing them again (docs/measurements.md, "Benchmark", for what it
+    measured). Returns whether it applied: not on another C library, where nothing changes."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def run(main: Callable[[], None]) -> None:

@@ -22,8 +22,8 @@ class DERppFrozen(DERpp):
     (the feature-extraction baseline of Li & Hoiem 2017, with the shared neck and head still
     trained and protected). Why: on the real mirror classification fails against its reference
     even under naive fine-tuning, which protects nothing, so the gap is not forgetting's price
-    but what the earlier stages did to the backbone (README, "Real data"). With no backbone
-    gradient, the backward pass also stops at the neck.
+    but what the earlier stages did to the backbone (docs/measurements.md, "Real data"). With no
+    backbone gradient, the backward pass also stops at the neck.
 
     cfg: alpha (≥ 0, as derpp's). BatchNorm statistics follow `model.batchnorm` (frozen by default).
     """
