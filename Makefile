@@ -34,10 +34,10 @@ test: $(STAMP)
 
 # Reproduce the pipeline and compare every deterministic metric with the committed results.
 check-repro: $(STAMP)
-	$(BIN)/python -m seqmtl.check --base HEAD --exact
+	$(BIN)/seqmtl check --base HEAD --exact
 
 tolerance: $(STAMP)
-	$(BIN)/python -m seqmtl.tolerance $(PROFILE_SET) $(SET) $(addprefix --target ,$(TARGETS)) \
+	$(BIN)/seqmtl tolerance $(PROFILE_SET) $(SET) $(addprefix --target ,$(TARGETS)) \
 	  $(if $(OUT),--out $(OUT)) $(if $(RUNS),--runs $(RUNS))
 
 # Profiles are config groups (conf/profile/): a run records its `profile` as a param. MIRROR (a
@@ -77,4 +77,4 @@ sweep: $(STAMP)
 # The comparison of the finished experiments queued on REV (default HEAD) with these settings.
 REV ?=
 compare: $(STAMP)
-	$(BIN)/python -m seqmtl.compare --name $(NAME) $(if $(REV),--rev $(REV)) $(PROFILE_SET) $(SET)
+	$(BIN)/seqmtl compare --name $(NAME) $(if $(REV),--rev $(REV)) $(PROFILE_SET) $(SET)
