@@ -59,7 +59,7 @@ full: $(STAMP)
 # references) are computed once per seed and then restored from DVC's run cache by the others.
 # SET adds params to every run (e.g. the real data); NAME names the comparison's outputs.
 SEEDS ?= 0 1 2
-STRATEGIES ?= $(shell $(BIN)/python -c "from seqmtl.strategies import strategy_names; print(*strategy_names())")
+STRATEGIES ?= $(sort $(basename $(notdir $(wildcard conf/strategy/*.yaml))))
 JOBS ?= 1
 SET ?=
 NAME ?= comparison

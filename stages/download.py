@@ -6,22 +6,20 @@ data.source: synthetic -> a seeded generated dataset in the official layouts (of
 
 from pathlib import Path
 
+from seqmtl.config import load_config
 from seqmtl.download import fetch_all
-from seqmtl.stage import load_params, run
+from seqmtl.stage import run
 from seqmtl.synthetic import generate
 
 
 def main() -> None:
-    params = load_params()
-    cfg = params["data"]
-    raw = Path("data/raw")
-    if cfg["source"] == "synthetic":
-        syn = cfg["synthetic"]
-        generate(raw, params["seed"], syn["n_train"], syn["n_val"], syn["size"])
-    elif cfg["source"] == "download":
-        fetch_all(raw, Path("data/archives"), cfg["mirror"])
+    params = load_config("download")
+    cfg, raw = params.data, Path("data/raw")
+    if cfg.source == "synthetic":
+        syn = cfg.synthetic
+        generate(raw, params.seed, syn.n_train, syn.n_val, syn.size)
     else:
-        raise ValueError(f"data.source must be 'synthetic' or 'download', got {cfg['source']!r}")
+        fetch_all(raw, Path("data/archives"), cfg.mirror)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from seqmtl.bootstrap import drop_interval, image_count, resamples, task_scorer
 from seqmtl.checkpoints import load_checkpoint
+from seqmtl.config import Evaluate, load_config
 from seqmtl.data import TASKS, build_dataset, collate, task_image_sizes
 from seqmtl.evaluate import (
     PRIMARY,
@@ -32,7 +33,7 @@ from seqmtl.figures import write_figures
 from seqmtl.files import write_json
 from seqmtl.report import write_report
 from seqmtl.runtime import resolve_device
-from seqmtl.stage import load_params, run
+from seqmtl.stage import run
 from seqmtl.tasks import build_tasks
 
 METRICS = Path("metrics")
@@ -46,12 +47,12 @@ def read(name: str) -> dict[str, Any]:
 
 
 def intervals(
-    names: list[str], mini: Path, cfg: dict[str, Any], seed: int
+    names: list[str], mini: Path, cfg: Evaluate, seed: int
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Per task, the bootstrap intervals of its relative drop from its baseline (the end of its
     own stage) and from its single-task reference to the end of the sequence; the same seeded
     resamples of its val images score all three models."""
-    boot = cfg["bootstrap"]
+    boot = cfg.bootstrap
     references = {TASKS[0]: names[0]} | {t: f"reference_{t}" for t in TASKS[1:]}
     per_image = {
         name: json.loads((VAL / f"{name}.json").read_text())
@@ -62,35 +63,35 @@ def intervals(
         gt = mini / "det" / "annotations" / "instances_val.json" if task == "det" else None
         runs = {"baseline": names[j], "final": names[-1], "reference": references[task]}
         score = {k: task_scorer(task, per_image[name][task], gt) for k, name in runs.items()}
-        count = int(boot["det_resamples"] if task == "det" else boot["resamples"])
+        count = boot.det_resamples if task == "det" else boot.resamples
         draws = resamples(image_count(per_image[names[-1]][task]), count, seed + j)
         result[task] = {
-            f"vs_{k}": drop_interval(score[k], score["final"], draws, float(cfg["max_drop"]))
+            f"vs_{k}": drop_interval(score[k], score["final"], draws, cfg.max_drop)
             for k in ("baseline", "reference")
         }
     return result
 
 
 def main() -> None:
-    params = load_params()
-    cfg = params["evaluate"]
+    params = load_config("evaluate")
+    cfg = params.evaluate
     names = [f"stage{s}" for s in range(1, len(TASKS) + 1)]
     stages = [read(name) for name in names]
     references = {TASKS[0]: stages[0]} | {t: read(f"reference_{t}") for t in TASKS[1:]}
-    mini, device = Path("data/mini"), resolve_device(params["device"])
+    mini, device = Path("data/mini"), resolve_device(params.device)
     model, _ = load_checkpoint(CHECKPOINTS / f"{names[-1]}.pt")
     model.to(device)
     evaluation = evaluate_sequence(
         stages,
         references,
-        intervals(names, mini, cfg, int(params["seed"])),
-        float(cfg["max_drop"]),
-        float(cfg["chance_margin"]),
+        intervals(names, mini, cfg, params.seed),
+        cfg.max_drop,
+        cfg.chance_margin,
         count_parameters(model),
     )
-    tasks = build_tasks(model.num_classes, float(params["train"]["score_threshold"]))
+    tasks = build_tasks(model.num_classes, params.train.score_threshold)
     sizes = task_image_sizes(params, TASKS)
-    batch_size = int(params[names[-1]]["batch_size"])
+    batch_size = params.stage3.batch_size
 
     def score(model: torch.nn.Module, task: str) -> float:
         dataset = build_dataset(mini, task, "val", sizes[task], train=False)
@@ -104,13 +105,10 @@ def main() -> None:
         for task, name in zip(TASKS[:-1], names, strict=False)
     }
     evaluation["batchnorm"] = {
-        "policy": params["model"]["batchnorm"],
+        "policy": params.model.batchnorm,
         "tasks": batchnorm_drift(model, own, score, evaluation),
     }
-    latency = cfg["latency"]
-    inference = inference_efficiency(
-        model, device, int(latency["image_size"]), int(latency["rounds"])
-    )
+    inference = inference_efficiency(model, device, cfg.latency.image_size, cfg.latency.rounds)
     efficiency = efficiency_summary(
         {name: read_timing(METRICS, name) for name in names},
         {t: read_timing(METRICS, f"reference_{t}") for t in TASKS[1:]},

@@ -4,8 +4,9 @@ strategy logs of stages 2 and 3 where present (stage 1 always trains naively).""
 
 from pathlib import Path
 
+from seqmtl.config import load_config
 from seqmtl.gradients import GradientPaths, analyse_gradients
-from seqmtl.stage import load_params, run
+from seqmtl.stage import run
 
 CHECKPOINTS = Path("data/checkpoints")
 
@@ -22,7 +23,7 @@ def main() -> None:
         metrics=Path("metrics/gradients.json"),
         plots=Path("plots/gradients"),
     )
-    analyse_gradients(load_params(), paths)
+    analyse_gradients(load_config("gradients"), paths)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,18 @@ Usage: python stages/reference.py STAGE   (2 = detection, 3 = classification; st
 import sys
 from pathlib import Path
 
+from seqmtl.config import load_config
 from seqmtl.data import TASKS
 from seqmtl.distributed import launch
-from seqmtl.stage import load_params, run
+from seqmtl.stage import run
 from seqmtl.train import StagePaths, train_stage
 
 
 def main() -> None:
-    params = load_params()
-    launch(params)
     stage = int(sys.argv[1])
     name = f"reference_{TASKS[stage - 1]}"
+    params = load_config(name)
+    launch(params.train.processes)
     paths = StagePaths(
         mini=Path("data/mini"),
         previous=None,

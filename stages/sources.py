@@ -8,19 +8,18 @@ unchanged mirror reruns nothing. For synthetic data: the generator, which params
 import sys
 from pathlib import Path
 
+from seqmtl.config import load_config
 from seqmtl.download import source_checksums
 from seqmtl.files import write_json
-from seqmtl.stage import load_params, run
+from seqmtl.stage import run
 
 
 def main() -> None:
-    cfg = load_params()["data"]
-    if cfg["source"] == "synthetic":
+    cfg = load_config("sources").data
+    if cfg.source == "synthetic":
         content = {"source": "synthetic"}
-    elif cfg["source"] == "download":
-        content = {"source": "download", "archives": source_checksums(cfg["mirror"])}
     else:
-        raise ValueError(f"data.source must be 'synthetic' or 'download', got {cfg['source']!r}")
+        content = {"source": "download", "archives": source_checksums(cfg.mirror)}
     write_json(Path(sys.argv[1]), content)
 
 

@@ -2,21 +2,17 @@
 
 from pathlib import Path
 
+from seqmtl.config import load_config
 from seqmtl.files import write_json
-from seqmtl.stage import load_params, run
+from seqmtl.stage import run
 from seqmtl.subsample import subsample
 
 
 def main() -> None:
-    params = load_params()
-    cfg = params["subsample"]
+    params = load_config("subsample")
+    cfg = params.subsample
     stats = subsample(
-        Path("data/raw"),
-        Path("data/mini"),
-        params["seed"],
-        cfg["n_train"],
-        cfg["n_val"],
-        cfg["det_classes"],
+        Path("data/raw"), Path("data/mini"), params.seed, cfg.n_train, cfg.n_val, cfg.det_classes
     )
     write_json(Path("metrics/data.json"), stats)
 

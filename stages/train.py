@@ -6,15 +6,17 @@ Usage: python stages/train.py STAGE   (1 = segmentation, 2 = detection, 3 = clas
 import sys
 from pathlib import Path
 
+from seqmtl.config import load_config
+from seqmtl.data import TASKS
 from seqmtl.distributed import launch
-from seqmtl.stage import load_params, run
+from seqmtl.stage import run
 from seqmtl.train import StagePaths, train_stage
 
 
 def main() -> None:
-    params = load_params()
-    launch(params)
     stage = int(sys.argv[1])
+    params = load_config(f"stage{stage}_{TASKS[stage - 1]}")
+    launch(params.train.processes)
     paths = StagePaths(
         mini=Path("data/mini"),
         previous=Path(f"data/checkpoints/stage{stage - 1}.pt") if stage > 1 else None,

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from seqmtl.check import stages_run
+from seqmtl.config import Config, compose, declared, parse
 from seqmtl.subsample import subsample
 from seqmtl.synthetic import COCO_FIRST_TEN, generate
 
@@ -36,6 +37,18 @@ def run(repo: Path, *args: str) -> str:
     result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
+
+
+def tiny_params(*overrides: str, **change: object) -> dict:
+    """The default composition with `overrides` (as `dvc exp run -S`), TINY merged in, on the
+    CPU without pretrained weights, then `change` merged in."""
+    params = merge(compose(list(overrides), REPO / "conf"), TINY)
+    return merge(params, {"device": "cpu", "model": {"pretrained": False}, **change})
+
+
+def stage_config(params: dict, stage: str) -> Config:
+    """`params` as dvc.yaml's `stage` sees them: the params it declares, no other."""
+    return parse(declared(params, stage, REPO / "dvc.yaml"), stage)
 
 
 def set_params(repo: Path, change: dict) -> None:

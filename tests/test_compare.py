@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
 import pytest
 from scipy.stats import ttest_rel
 
-from seqmtl.compare import aggregate, main, plot, read_runs, render, select
+from conftest import REPO
+from seqmtl.compare import aggregate, current, main, plot, read_runs, render, select
+from seqmtl.config import compose
 
 BASE = {"seed": 0, "strategy": "naive", "data": {"source": "synthetic"}, "stage3": {"epochs": 8}}
+# The runs below record their params in the layout of their day: `strategy` a name, each
+# strategy's params in a section of its own (`compare.current` reads them in today's layout).
+
+
+def base(strategy: str, **options: object) -> dict:
+    """The params a run of `strategy` must have to count (today's layout)."""
+    return current(BASE) | {"strategy": {"name": strategy, **options}}
 
 
 def task_entry(final: float, baseline: float, reference: float = 0.8) -> dict:
@@ -62,13 +72,13 @@ def exp_show() -> list[dict]:
 
 @pytest.fixture
 def comparison() -> dict:
-    return aggregate(select(read_runs(exp_show()), BASE, {}))
+    return aggregate(select(read_runs(exp_show()), base, {}))
 
 
 def test_only_matching_finished_runs_count(comparison: dict) -> None:
     assert set(comparison["strategies"]) == {"naive", "replay", "lwf"}
     assert all(s["seeds"] == [0, 1, 2] for s in comparison["strategies"].values())
-    real = select(read_runs(exp_show()), BASE, {"data.source": "download"})
+    real = select(read_runs(exp_show()), base, {"data.source": "download"})
     assert [r["name"] for r in real] == ["real"]
 
 
@@ -103,43 +113,61 @@ def test_timing_restored_from_run_cache_is_not_counted() -> None:
     show[1]["experiments"].insert(0, {"revs": [cached], "executor": None, "name": "cached"})
     runs = read_runs(show)
     assert next(r for r in runs if r["name"] == "cached")["seconds"] == {}
-    chosen = select(runs, BASE, {})
+    chosen = select(runs, base, {})
     assert "replay1" in [r["name"] for r in chosen] and "cached" not in [r["name"] for r in chosen]
-    alone = select([r for r in runs if r["name"] != "replay1"], BASE, {})
+    alone = select([r for r in runs if r["name"] != "replay1"], base, {})
     replay = aggregate(alone)["strategies"]["replay"]
     assert replay["seeds"] == [0, 1, 2]
     assert replay["training_seconds"] == {"mean": 61.0, "std": pytest.approx(1.414214), "n": 2}
 
 
-def test_other_strategies_sections_do_not_split_a_sweep() -> None:
-    """A section added for another strategy after the runs (no stage of theirs reads it) keeps
-    them in; a change of their own strategy's section does not."""
-    runs = read_runs(exp_show())
-    base = BASE | {"lwf": {"lambda": 1.0}, "derpp": {"alpha": 0.5}}
-    chosen = {r["name"] for r in select(runs, base, {})}
+def with_lwf_sections() -> list[dict]:
+    """exp_show's runs, each recording an lwf section (old layout): λ 10 in the lwf runs, 1 in
+    the others."""
+    show = exp_show()
+    for exp in show[1]["experiments"]:
+        params = exp["revs"][0]["data"]["params"]["params.yaml"]["data"]
+        params["lwf"] = {"lambda": 10.0 if params["strategy"] == "lwf" else 1.0}
+    return read_runs(show)
+
+
+def test_old_runs_read_in_today_s_layout() -> None:
+    """A run's own section becomes its strategy's params; the other strategies' sections (no
+    stage of it read them) are dropped, so they do not split a sweep; its own section does."""
+    runs = with_lwf_sections()
+    lwf = next(r for r in runs if r["name"] == "lwf0")["params"]
+    assert lwf["strategy"] == {"name": "lwf", "lambda": 10.0} and "lwf" not in lwf
+    assert next(r for r in runs if r["name"] == "replay0")["params"]["strategy"] == {
+        "name": "replay"
+    }
+
+    def default(strategy: str) -> dict:
+        return base(strategy, **({"lambda": 1.0} if strategy == "lwf" else {}))
+
+    chosen = {r["name"] for r in select(runs, default, {})}
     assert {"replay0", "replay1", "replay2"} <= chosen
     assert not {n for n in chosen if n.startswith("lwf")}
 
 
 def test_a_strategy_s_fixed_param_binds_only_its_runs() -> None:
-    """`-S lwf.lambda=…` selects the lwf runs with that value and keeps the other strategies'."""
-    show = exp_show()
-    for exp in show[1]["experiments"]:
-        params = exp["revs"][0]["data"]["params"]["params.yaml"]["data"]
-        params["lwf"] = {"lambda": 10.0 if params["strategy"] == "lwf" else 1.0}
-    runs = read_runs(show)
-    base = BASE | {"lwf": {"lambda": 1.0}}
-    tuned = {r["name"] for r in select(runs, base, {"lwf.lambda": 10.0})}
+    """`-S strategy.lambda=…` selects the lwf runs with that value and keeps the other
+    strategies' (which have no lambda)."""
+    runs = with_lwf_sections()
+
+    def default(strategy: str) -> dict:
+        return base(strategy, **({"lambda": 1.0} if strategy == "lwf" else {}))
+
+    tuned = {r["name"] for r in select(runs, default, {"strategy.lambda": 10.0})}
     assert {"lwf0", "lwf1", "lwf2", "replay0", "replay1", "replay2", "naive1"} <= tuned
-    untuned = {r["name"] for r in select(runs, base, {"lwf.lambda": 1.0})}
+    untuned = {r["name"] for r in select(runs, default, {"strategy.lambda": 1.0})}
     assert "replay0" in untuned and not {n for n in untuned if n.startswith("lwf")}
 
 
 def test_undefined_relative_drop() -> None:
     """`dvc exp show` drops the null relative drop of a task that was never learned."""
-    runs = select(read_runs(exp_show()), BASE, {})
+    runs = select(read_runs(exp_show()), base, {})
     for run in runs:
-        if run["params"]["strategy"] == "lwf":
+        if run["params"]["strategy"]["name"] == "lwf":
             entry = run["metrics"]["metrics/eval.json"]["tasks"]["cls"]["vs_baseline"]
             del entry["relative"]
             entry["verdict"] = "not learned"
@@ -149,9 +177,9 @@ def test_undefined_relative_drop() -> None:
 
 def test_relative_drop_over_fewer_seeds_is_counted(tmp_path: Path) -> None:
     """A seed whose relative drop is undefined is left out of the mean, and the table says so."""
-    runs = select(read_runs(exp_show()), BASE, {})
+    runs = select(read_runs(exp_show()), base, {})
     for run in runs:
-        if run["params"]["strategy"] == "naive" and run["params"]["seed"] == 2:
+        if run["params"]["strategy"]["name"] == "naive" and run["params"]["seed"] == 2:
             del run["metrics"]["metrics/eval.json"]["tasks"]["seg"]["vs_baseline"]["relative"]
     comparison = aggregate(runs)
     seg = comparison["strategies"]["naive"]["tasks"]["seg"]["relative_drop"]
@@ -199,8 +227,13 @@ def test_rendered_table(comparison: dict, tmp_path: Path) -> None:
 def test_command_writes_table_json_and_plot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "show.json").write_text(json.dumps(exp_show()))
-    (tmp_path / "params.yaml").write_text(json.dumps(BASE))
+    show = exp_show()
+    for exp in show[1]["experiments"]:  # runs of the default composition, in today's layout
+        params = exp["revs"][0]["data"]["params"]["params.yaml"]
+        name, seed = params["data"]["strategy"], params["data"]["seed"]
+        params["data"] = compose([f"strategy={name}", f"seed={seed}"], REPO / "conf")
+    (tmp_path / "show.json").write_text(json.dumps(show))
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["compare", "--input", "show.json", "--name", "cmp"])
     main()

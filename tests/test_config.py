@@ -1,13 +1,17 @@
-"""The configuration: params.yaml is conf/ composed, profiles are recorded, bad overrides fail."""
+"""The configuration: params.yaml is conf/ composed, profiles and strategies are recorded, bad
+overrides and bad values fail naming the key, a stage reads only what it declares."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, merge
 from seqmtl.check import flatten
-from seqmtl.config import compose
+from seqmtl.config import compose, declared, load_config, parse
+from seqmtl.strategies import build_strategy, strategy_names
 
 CONF = REPO / "conf"
 
@@ -43,3 +47,67 @@ def test_the_real_profile_and_overrides_on_top() -> None:
 def test_bad_overrides_name_themselves(override: str, message: str) -> None:
     with pytest.raises(ValueError, match=f"-S {override}: .*{message}"):
         compose([override], CONF)
+
+
+def test_every_strategy_has_its_conf_file_and_every_preset_builds() -> None:
+    presets = sorted(path.stem for path in (CONF / "strategy").glob("*.yaml"))
+    assert presets == strategy_names()
+    for name in presets:
+        params = parse(compose([f"strategy={name}"], CONF))
+        assert build_strategy(params.strategy, params.replay_buffer).name == name
+
+
+def test_a_strategy_and_its_params_are_overrides() -> None:
+    params = compose(["profile=real", "strategy=ewc", "strategy.lambda=1e5"], CONF)
+    assert params["strategy"] == {"name": "ewc", "lambda": 1e5, "gamma": 1.0, "replay": False}
+    assert params["profile"] == "real"
+    with pytest.raises(ValueError, match=r"-S strategy=nope: .*Could not find 'strategy/nope'"):
+        compose(["strategy=nope"], CONF)
+    with pytest.raises(ValueError, match=r"Could not override 'strategy\.alpha'"):
+        compose(["strategy=ewc", "strategy.alpha=1"], CONF)
+
+
+@pytest.mark.parametrize("profile", ["synthetic", "real", "full"])
+def test_every_profile_parses(profile: str) -> None:
+    assert parse(compose([f"profile={profile}"], CONF)).profile == profile
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"data": {"source": "ftp"}}, r"^data\.source must be one of synthetic, download"),
+        ({"data": {"synthetic": {"n_val": 0}}}, r"^data\.synthetic\.n_val must be > 0, got 0$"),
+        ({"subsample": {"det_classes": [1, 2]}}, r"^subsample\.det_classes must be an integer"),
+        ({"model": {"head_layers": 4}}, r"^model\.head_layers must be one of 2, 3, got 4$"),
+        ({"model": {"pretrained": "yes"}}, r"^model\.pretrained must be true or false"),
+        ({"evaluate": {"bootstrap": {"resamples": -5}}}, r"^evaluate\.bootstrap\.resamples"),
+        ({"gradients": {"images": 0}}, r"^gradients\.images must be > 0, got 0$"),
+        ({"stage2": "fast"}, r"^stage2: expected a mapping, got 'fast'$"),
+        ({"train": {"warmup": 1.0}}, r"^train\.warmup must be in \[0, 1\), got 1\.0$"),
+    ],
+)
+def test_bad_values_are_named(change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse(merge(compose([], CONF), change))
+
+
+def test_a_missing_key_is_named() -> None:
+    params = compose([], CONF)
+    del params["train"]["warmup"]
+    with pytest.raises(ValueError, match=r"^train\.warmup: missing from train$"):
+        parse(params)
+
+
+def test_a_stage_reads_only_what_it_declares(tmp_path: Path) -> None:
+    """Every stage's declared params parse; an undeclared one read raises, naming it."""
+    params = compose([], CONF)
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in stages:
+        parse(declared(params, stage, REPO / "dvc.yaml"), stage)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    config = load_config("evaluate", tmp_path / "params.yaml", REPO / "dvc.yaml")
+    assert config.stage3.batch_size == params["stage3"]["batch_size"]
+    with pytest.raises(AttributeError, match=r"^stage3\.lr is read by stage evaluate, which"):
+        _ = config.stage3.lr
+    with pytest.raises(AttributeError, match=r"^strategy is read by stage evaluate"):
+        _ = config.strategy

@@ -12,17 +12,18 @@ import torch
 import yaml
 from torch.utils.data import DistributedSampler
 
-from conftest import REPO, TINY, merge
+from conftest import REPO, tiny_params
 from seqmtl.data import build_dataset
 
 TOLERANCE = json.loads((REPO / "metrics" / "tolerance.json").read_text())["metrics"]
 
 
-def stage(root: Path, mini: Path, number: int, **change: object) -> subprocess.CompletedProcess:
-    """`python stages/train.py number` in `root` (params: the tiny config and `change`)."""
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
-    params = merge(params, {"device": "cpu", "model": {"pretrained": False}, **change})
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+def stage(
+    root: Path, mini: Path, number: int, *overrides: str, **change: object
+) -> subprocess.CompletedProcess:
+    """`python stages/train.py number` in `root` (params: `tiny_params(*overrides, **change)`)."""
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(*overrides, **change)))
+    (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     (root / "data").mkdir(exist_ok=True)
     if not (root / "data" / "mini").exists():
         (root / "data" / "mini").symlink_to(mini)
@@ -46,16 +47,16 @@ def runs(tiny_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         for processes in (1, 2):
             name = f"{strategy}-{processes}"
             roots[name] = root = tmp_path_factory.mktemp(name)
-            change = {"train": {"processes": processes}, "strategy": strategy}
+            change = {"train": {"processes": processes}}
             if strategy == "gradnorm":
-                done = stage(root, tiny_mini, 1, **change)
+                done = stage(root, tiny_mini, 1, f"strategy={strategy}", **change)
                 assert done.returncode == 0, done.stderr
                 (root / "stage1.log").write_text(done.stderr)
             else:
                 (root / "data" / "checkpoints").mkdir(parents=True)
             single = roots["gradnorm-1"] / "data" / "checkpoints" / "stage1.pt"
             (root / "data" / "checkpoints" / "stage1.pt").write_bytes(single.read_bytes())
-            done = stage(root, tiny_mini, 2, **change)
+            done = stage(root, tiny_mini, 2, f"strategy={strategy}", **change)
             assert done.returncode == 0, done.stderr
     return roots
 
@@ -116,7 +117,7 @@ def test_a_batch_the_processes_cannot_share_is_rejected(tiny_mini: Path, tmp_pat
 def test_bad_process_count_is_named(tiny_mini: Path, tmp_path: Path) -> None:
     done = stage(tmp_path, tiny_mini, 1, train={"processes": 0})
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: train.processes must be a positive integer, got 0"
+    assert done.stderr.strip() == "error: train.processes must be > 0, got 0"
 
 
 def test_shards_of_a_global_batch_are_the_single_process_batch(tiny_mini: Path) -> None:

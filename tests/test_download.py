@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO, tiny_params
 from seqmtl import download
 from seqmtl.download import ARCHIVES, Archive, DownloadError, extract, fetch, fetch_all
 
@@ -260,9 +261,10 @@ def test_fetch_all_real_mirror(mirror: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("stage", ["download.py", "sources.py"])
 def test_a_missing_mirror_fails_with_one_line_and_no_output(tmp_path: Path, stage: str) -> None:
-    params = {"seed": 0, "data": {"source": "download", "mirror": str(tmp_path / "nowhere")}}
+    params = tiny_params(data={"source": "download", "mirror": str(tmp_path / "nowhere")})
     (tmp_path / "params.yaml").write_text(json.dumps(params))
-    script = Path(__file__).resolve().parents[1] / "stages" / stage
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    script = REPO / "stages" / stage
     result = subprocess.run(
         [sys.executable, str(script), "data/sources.json"],
         cwd=tmp_path,

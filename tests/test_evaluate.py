@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from conftest import REPO, TINY, merge
+from conftest import stage_config, tiny_params
 from seqmtl.bootstrap import drop_interval, resamples
 from seqmtl.evaluate import (
     PRIMARY,
@@ -200,10 +199,7 @@ def test_figures_are_written_byte_identically(tmp_path: Path) -> None:
 
 
 def test_reference_trains_one_task_alone(tiny_mini: Path, tmp_path: Path) -> None:
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
-    params = merge(params, {"device": "cpu", "model": {"pretrained": False},
-                            "stage2": {"epochs": 1}})  # fmt: skip
-    del params["strategy"], params["stage1"]  # a reference reads neither
+    params = stage_config(tiny_params(stage2={"epochs": 1}), "reference_det")  # no strategy
     paths = StagePaths(
         mini=tiny_mini,
         previous=None,

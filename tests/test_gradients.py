@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY, merge
+from conftest import merge, stage_config, tiny_params
+from seqmtl.config import parse
 from seqmtl.gradients import (
     GROUPS,
     CountSketch,
@@ -24,7 +25,6 @@ from seqmtl.gradients import (
     task_cosines,
 )
 from seqmtl.model import UnifiedModel
-from seqmtl.stage import load_params
 from seqmtl.strategies import total
 from seqmtl.tasks import Classification
 from seqmtl.train import StagePaths, train_stage
@@ -162,9 +162,7 @@ def tiny_run(tiny_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     `tiny_mini`."""
     root = tmp_path_factory.mktemp("gradients")
     one_epoch = {"epochs": 1}
-    params = merge(
-        load_params(REPO / "params.yaml"), TINY | {"stage1": one_epoch, "stage2": one_epoch}
-    )
+    params = tiny_params(stage1=one_epoch, stage2=one_epoch)
     params["gradients"] = {
         "images": None,
         "batch_small": 2,
@@ -175,7 +173,7 @@ def tiny_run(tiny_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     for stage in (1, 2):
         train_stage(
             stage,
-            params,
+            parse(params),
             StagePaths(
                 mini=tiny_mini,
                 previous=root / f"stage{stage - 1}.pt" if stage > 1 else None,
@@ -195,7 +193,7 @@ def run_stage(params: dict, root: Path, out: Path, mini: Path) -> dict:
     snapshots = [p for s in (1, 2) for p in sorted((root / f"stage{s}_epochs").glob("*.pt"))]
     histories = [root / "plots2" / "strategy.csv"]
     paths = GradientPaths(mini, snapshots, histories, out / "g.json", out / "plots")
-    return analyse_gradients(params, paths)
+    return analyse_gradients(stage_config(params, "gradients"), paths)
 
 
 def test_stage_writes_gradients_json(
@@ -239,5 +237,5 @@ def test_stage_rejects_batch_sizes_that_do_not_nest(
 ) -> None:
     params, root = tiny_run
     bad = merge(params, {"gradients": {"batch_big": 3}})
-    with pytest.raises(ValueError, match="multiple of batch_small"):
+    with pytest.raises(ValueError, match=r"^gradients\.batch_big must be a multiple of"):
         run_stage(bad, root, tmp_path, tiny_mini)

@@ -9,6 +9,7 @@ import torch
 
 from seqmtl.backbones import BACKBONES
 from seqmtl.checkpoints import load_checkpoint
+from seqmtl.config import Model
 from seqmtl.model import (
     Head,
     IndependentModel,
@@ -104,8 +105,7 @@ def test_eval_mode_restores_the_previous_mode_even_on_error(training: bool) -> N
 def test_a_checkpoint_rebuilds_its_model_from_its_architecture_alone(
     tmp_path: Path, members: list[str] | None
 ) -> None:
-    config = {"backbone": "mobilenet_v3_small", "channels": 32, "head_layers": 2,
-              "batchnorm": "frozen"}  # fmt: skip
+    config = Model("mobilenet_v3_small", False, 32, 2, "frozen")
 
     def unified() -> UnifiedModel:
         return UnifiedModel(COUNTS, "mobilenet_v3_small", False, 32, 2, "frozen")

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 
 from conftest import REPO, merge
 from seqmtl.checkpoints import load_checkpoint
+from seqmtl.config import Config, ReplayBuffer, compose, parse
+from seqmtl.config import Strategy as StrategyParams
 from seqmtl.data import TaskDataset, build_dataset, class_names, collate
 from seqmtl.model import UnifiedModel, build_model, shared_parameters
 from seqmtl.strategies import StageContext, build_strategy, strategy_names, total
@@ -36,6 +37,9 @@ SMALL = {
 }  # fmt: skip
 
 
+ONE_SAMPLE = {"per_task": 1, "batch_size": 1, "weight": 1.0}
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread() -> Iterator[None]:
     """One intra-op thread: these models are tiny, and two threads on two shared cores stall."""
@@ -45,9 +49,17 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def small_params(**change: Any) -> dict[str, Any]:
-    """The repo's params.yaml with the small model and one-epoch stages of SMALL, then `change`."""
-    return merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), SMALL), change)
+def small_params(*overrides: str, **change: Any) -> Config:
+    """The default composition with `overrides` (as `dvc exp run -S`), the small model and
+    one-epoch stages of SMALL, then `change`."""
+    return parse(merge(merge(compose(list(overrides), REPO / "conf"), SMALL), change))
+
+
+def make_strategy(
+    name: str, options: dict[str, Any] | None = None, replay: dict = ONE_SAMPLE
+) -> Any:
+    """The strategy `name` with `options` and a replay buffer of `replay`'s settings."""
+    return build_strategy(StrategyParams(name, options or {}), ReplayBuffer(**replay))
 
 
 def small_model(mini: Path) -> UnifiedModel:
@@ -88,9 +100,6 @@ class TwoHeads(nn.Module):
         return [head(features) for head in self.heads]
 
 
-ONE_SAMPLE = {"per_task": 1, "batch_size": 1, "weight": 1.0}
-
-
 def no_data(task: str) -> TaskDataset:
     raise AssertionError(f"the toy problem has no {task} dataset")
 
@@ -103,7 +112,7 @@ def train_two_losses(name: str, steps: int = 200) -> tuple[StageContext, Tensor]
     x = torch.randn(256, 8)
     ys = [x @ torch.randn(8, 1), x @ torch.randn(8, 1)]
     cfg = {"alpha": 1.5, "lr": 0.05, "old_weight": 1.0, "initial_steps": 5}
-    strategy = build_strategy(name, {name: cfg, "replay_buffer": ONE_SAMPLE})
+    strategy = make_strategy(name, cfg if name == "gradnorm" else {})
     ctx = StageContext(model, {}, "det", ["seg"], torch.device("cpu"), 0, 256, no_data)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
 
@@ -143,7 +152,7 @@ def test_gradnorm_moves_weights_toward_equal_training_rates() -> None:
 
 def test_gradnorm_initial_losses_average_the_first_steps() -> None:
     cfg = {"alpha": 1.5, "lr": 0.05, "old_weight": 1.0, "initial_steps": 3}
-    strategy = build_strategy("gradnorm", {"gradnorm": cfg, "replay_buffer": ONE_SAMPLE})
+    strategy = make_strategy("gradnorm", cfg)
     model = TwoHeads()
     ctx = StageContext(model, {}, "det", ["seg"], torch.device("cpu"), 0, 8, no_data)
     for value in (2.0, 4.0, 9.0, 100.0):
@@ -163,10 +172,9 @@ def test_gradnorm_initial_losses_average_the_first_steps() -> None:
 def test_replay_composes_with_other_strategies(tiny_mini: Path, name: str, own: str | None) -> None:
     """ewc + replay and lwf + replay are configurations: the replayed old task's loss joins the
     strategy's own term, weighted by replay_buffer.weight in the update."""
-    params = small_params(replay_buffer={"per_task": 3, "weight": 0.5})
-    if own:
-        params[name]["replay"] = True
-    strategy = build_strategy(name, params)
+    params = small_params(f"strategy={name}", replay_buffer={"per_task": 3, "weight": 0.5})
+    options = params.strategy.options | ({"replay": True} if own else {})
+    strategy = build_strategy(StrategyParams(name, options), params.replay_buffer)
     ctx = context(small_model(tiny_mini), tiny_mini, "det", ["seg"])
     strategy.before_stage(ctx)
     assert len(strategy.buffer.items["seg"][1]) == 3
@@ -174,7 +182,7 @@ def test_replay_composes_with_other_strategies(tiny_mini: Path, name: str, own: 
     losses = strategy.losses(ctx, images, targets)
     assert set(losses) == {"det", "seg"} | ({own} if own else set())
     assert strategy.term_weight(ctx, "seg") == 0.5 and strategy.term_weight(ctx, "det") == 1.0
-    without = build_strategy(name, small_params()) if own else None
+    without = build_strategy(params.strategy, params.replay_buffer) if own else None
     if without is not None:
         without.before_stage(ctx)
         assert "seg" not in without.losses(ctx, images, targets)
@@ -183,24 +191,24 @@ def test_replay_composes_with_other_strategies(tiny_mini: Path, name: str, own: 
 @pytest.mark.parametrize(
     ("name", "section", "message"),
     [
-        ("naive", {"replay": True}, r"^naive\.replay: naive never replays"),
-        ("gradnorm", {"replay": False}, r"^gradnorm\.replay: gradnorm always replays"),
-        ("ewc", {"replay": "yes"}, r"^ewc\.replay must be true or false"),
+        ("naive", {"replay": True}, r"^strategy\.replay: naive never replays"),
+        ("gradnorm", {"replay": False}, r"^strategy\.replay: gradnorm always replays"),
+        ("ewc", {"replay": "yes"}, r"^strategy\.replay must be true or false"),
+        ("ewc", {"lamda": 1.0}, r"^strategy\.lamda: not a param of ewc"),
     ],
 )
-def test_replay_flags_are_checked(name: str, section: dict, message: str) -> None:
-    params = small_params()
-    params[name] = params.get(name, {}) | section
+def test_replay_flags_and_unknown_options_are_checked(
+    name: str, section: dict, message: str
+) -> None:
+    options = small_params(f"strategy={name}").strategy.options | section
     with pytest.raises(ValueError, match=message):
-        build_strategy(name, params)
+        make_strategy(name, options)
 
 
 @pytest.mark.parametrize(("key", "value"), [("per_task", 0), ("batch_size", 2.5), ("weight", -1)])
 def test_bad_replay_buffer_params_are_rejected_by_name(key: str, value: Any) -> None:
-    params = small_params()
-    params["replay_buffer"][key] = value
     with pytest.raises(ValueError, match=rf"^replay_buffer\.{key} must be"):
-        build_strategy("pcgrad", params)
+        small_params(replay_buffer={key: value})
 
 
 # --- uncertainty ---
@@ -208,13 +216,11 @@ def test_bad_replay_buffer_params_are_rejected_by_name(key: str, value: Any) -> 
 
 def test_uncertainty_learns_each_loss_log_variance(tiny_mini: Path) -> None:
     """The log-variances take their own lr in the stage's optimiser (not the model's 1e-3)."""
-    cfg = {"uncertainty": {"lr": 0.05}, "replay_buffer": ONE_SAMPLE | {"per_task": 2}}
-    strategy = build_strategy("uncertainty", cfg)
+    strategy = make_strategy("uncertainty", {"lr": 0.05}, ONE_SAMPLE | {"per_task": 2})
     ctx = context(small_model(tiny_mini), tiny_mini, "det", ["seg"])
     strategy.before_stage(ctx)
     assert [s.item() for s in strategy.parameters()] == [0.0, 0.0]
-    train_cfg = {"weight_decay": 0.0001, "backbone_lr": 0.1}
-    optimizer = build_optimizer(ctx.model, strategy, 1e-3, train_cfg)
+    optimizer = build_optimizer(ctx.model, strategy, 1e-3, small_params().train)
     assert [g["lr"] for g in optimizer.param_groups] == [1e-4, 1e-3, 0.05]
     fixed = {"det": {"l": torch.tensor(4.0)}, "seg": {"l": torch.tensor(0.25)}}
     for _ in range(400):  # exp(-s)·L + s is smallest at s = log L
@@ -273,7 +279,7 @@ def test_ewc_penalty_is_zero_at_anchor_and_its_gradient_is_2_lambda_f_delta(
     tiny_mini: Path,
 ) -> None:
     model = small_model(tiny_mini)
-    strategy = build_strategy("ewc", {"ewc": {"lambda": 3.0, "gamma": 1.0}})
+    strategy = make_strategy("ewc", {"lambda": 3.0, "gamma": 1.0})
     strategy.before_stage(context(model, tiny_mini, "det", ["seg"]))
     params = shared_parameters(model)
     assert set(strategy.fisher) == set(params)
@@ -293,7 +299,7 @@ def test_ewc_penalty_is_zero_at_anchor_and_its_gradient_is_2_lambda_f_delta(
 
 def test_ewc_accumulates_fishers_online(tiny_mini: Path) -> None:
     model = small_model(tiny_mini)
-    strategy = build_strategy("ewc", {"ewc": {"lambda": 1.0, "gamma": 0.5}})
+    strategy = make_strategy("ewc", {"lambda": 1.0, "gamma": 0.5})
     ctx = context(model, tiny_mini, "det", ["seg"])
     strategy.before_stage(ctx)
     seg = {n: f.clone() for n, f in strategy.fisher.items()}
@@ -313,7 +319,7 @@ def test_ewc_accumulates_fishers_online(tiny_mini: Path) -> None:
 def test_lwf_teacher_never_changes_during_the_stage(tiny_mini: Path) -> None:
     model = small_model(tiny_mini)
     ctx = context(model, tiny_mini, "cls", ["seg", "det"])
-    strategy = build_strategy("lwf", {"lwf": {"lambda": 1.0, "temperature": 2.0}})
+    strategy = make_strategy("lwf", {"lambda": 1.0, "temperature": 2.0})
     strategy.before_stage(ctx)
     teacher = {k: v.clone() for k, v in strategy.teacher.state_dict().items()}
     student = {k: v.clone() for k, v in model.state_dict().items()}
@@ -340,10 +346,10 @@ def test_derpp_recalls_the_outputs_its_old_tasks_ended_with(tiny_mini: Path) -> 
     """The recorded views are the datasets' own samples (stored as uint8 without loss), the
     recorded outputs are the stage-start model's, so their error starts at zero and grows as the
     model learns the new task; the records are carried to the next stage, never recomputed."""
-    params = small_params(strategy="derpp")
+    params = small_params("strategy=derpp")
     model = small_model(tiny_mini)
     ctx = context(model, tiny_mini, "det", ["seg"])
-    strategy = build_strategy("derpp", params)
+    strategy = build_strategy(params.strategy, params.replay_buffer)
     strategy.before_stage(ctx)
     images, outputs = strategy.records["seg"]
     dataset, indices = strategy.buffer.items["seg"]
@@ -364,7 +370,7 @@ def test_derpp_recalls_the_outputs_its_old_tasks_ended_with(tiny_mini: Path) -> 
     assert losses["derpp"]["seg"].item() > 1e-4
     torch.testing.assert_close(strategy.records["seg"][1], recorded, rtol=0, atol=0)
 
-    carried = build_strategy("derpp", params)
+    carried = build_strategy(params.strategy, params.replay_buffer)
     carried.load_state_dict(strategy.state_dict())
     carried.before_stage(context(model, tiny_mini, "cls", ["seg", "det"]))
     assert carried.records["seg"][1] is outputs
@@ -391,7 +397,7 @@ def test_cumulative_sees_every_task_samples(tiny_mini: Path) -> None:
                                                          "device", "seed", "batch_size",
                                                          "train_data")})  # fmt: skip
     ctx.seen = {}
-    strategy = build_strategy("cumulative", {})
+    strategy = make_strategy("cumulative")
     strategy.before_stage(ctx)
     loader = torch.utils.data.DataLoader(ctx.train_data("cls"), batch_size=4, collate_fn=collate)
     for images, targets in loader:
@@ -404,7 +410,7 @@ def test_cumulative_sees_every_task_samples(tiny_mini: Path) -> None:
 
 
 def test_independent_shares_no_parameter_between_tasks(tiny_mini: Path) -> None:
-    strategy = build_strategy("independent", {})
+    strategy = make_strategy("independent")
     single = small_model(tiny_mini)
     stage1 = {"model": single.state_dict(), "tasks": ["seg"], "strategy": "naive"}
     model = strategy.load_model(lambda: small_model(tiny_mini), stage1, ["seg", "det"])
@@ -464,7 +470,7 @@ def stage_paths(root: Path, mini: Path, stage: int, previous: Path | None) -> St
 def test_every_strategy_runs_stages_2_and_3(
     name: str, stage1: Path, tiny_mini: Path, tmp_path: Path
 ) -> None:
-    params = small_params(strategy=name)
+    params = small_params(f"strategy={name}")
     previous = stage1
     for stage in (2, 3):
         paths = stage_paths(tmp_path, tiny_mini, stage, previous)
@@ -487,7 +493,7 @@ def test_derpp_frozen_trains_only_the_neck_and_head(stage1: Path, tiny_mini: Pat
                                                     tmp_path: Path) -> None:  # fmt: skip
     """Stages 2 and 3 under derpp_frozen keep every backbone parameter as stage 1 saved it, train
     the neck's and the head's, and give the loaded model no backbone gradient."""
-    params = small_params(strategy="derpp_frozen")
+    params = small_params("strategy=derpp_frozen")
     previous = stage1
     for stage in (2, 3):
         paths = stage_paths(tmp_path, tiny_mini, stage, previous)
@@ -499,7 +505,7 @@ def test_derpp_frozen_trains_only_the_neck_and_head(stage1: Path, tiny_mini: Pat
     backbone = [n for n in names if n.startswith("trunk.backbone.")]
     rest = [n for n in names if n not in backbone]
     assert backbone and all(torch.equal(names[n], start[n]) for n in backbone)
-    policy = build_strategy("derpp_frozen", params).load_model(
+    policy = build_strategy(params.strategy, params.replay_buffer).load_model(
         lambda: build_model(checkpoint["architecture"]), checkpoint, checkpoint["tasks"]
     )
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
@@ -510,8 +516,12 @@ def test_derpp_frozen_trains_only_the_neck_and_head(stage1: Path, tiny_mini: Pat
 
 def test_unknown_strategy_fails_with_a_clear_message(stage1: Path, tiny_mini: Path,
                                                      tmp_path: Path) -> None:  # fmt: skip
-    with pytest.raises(ValueError, match=r"unknown strategy 'nope'; known: .*gradnorm"):
-        train_stage(2, small_params(strategy="nope"), stage_paths(tmp_path, tiny_mini, 2, stage1))
+    params = small_params(strategy={"name": "nope"})
+    with pytest.raises(
+        ValueError, match=r"^strategy\.name: unknown strategy 'nope'; known: .*gradnorm"
+    ):
+        train_stage(2, params, stage_paths(tmp_path, tiny_mini, 2, stage1))
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -531,7 +541,6 @@ def test_unknown_strategy_fails_with_a_clear_message(stage1: Path, tiny_mini: Pa
     ],
 )
 def test_bad_strategy_params_are_rejected_by_name(name: str, key: str, value: Any) -> None:
-    params = small_params()
-    params[name][key] = value
-    with pytest.raises(ValueError, match=rf"^{name}\.{key} must be"):
-        build_strategy(name, params)
+    options = small_params(f"strategy={name}").strategy.options | {key: value}
+    with pytest.raises(ValueError, match=rf"^strategy\.{key} must be"):
+        make_strategy(name, options)

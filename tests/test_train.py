@@ -7,21 +7,20 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import seqmtl.tasks
 import seqmtl.train
-from conftest import REPO, TINY, merge
+from conftest import stage_config, tiny_params
 from seqmtl.checkpoints import model_factory
-from seqmtl.data import class_names
+from seqmtl.config import Config, parse
+from seqmtl.data import TASKS, class_names
 from seqmtl.strategies import build_strategy
 from seqmtl.train import StagePaths, build_optimizer, train_stage
 
 
-def params(**change: object) -> dict:
-    """The repository's params with the tiny sizes, on the CPU, and `change` merged in."""
-    base = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
-    return merge(base, {"device": "cpu", "model": {"pretrained": False}, **change})
+def params(*overrides: str, **change: object) -> Config:
+    """The tiny params (`tiny_params`), parsed."""
+    return parse(tiny_params(*overrides, **change))
 
 
 def paths(root: Path, mini: Path, stage: int) -> StagePaths:
@@ -41,8 +40,12 @@ def paths(root: Path, mini: Path, stage: int) -> StagePaths:
 @pytest.fixture(scope="module")
 def three_stages(tiny_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("run")
-    for stage in (1, 2, 3):
-        train_stage(stage, params(), paths(root, tiny_mini, stage))
+    for stage, task in enumerate(TASKS, 1):  # each stage sees only what dvc.yaml declares for it
+        train_stage(
+            stage,
+            stage_config(tiny_params(), f"stage{stage}_{task}"),
+            paths(root, tiny_mini, stage),
+        )
     return root
 
 
@@ -102,36 +105,40 @@ def test_a_task_starting_on_a_trained_trunk_starts_at_zero_output_weights(
 
 
 def test_stage1_reads_no_strategy(tiny_mini: Path, tmp_path: Path) -> None:
-    metrics = train_stage(1, params(strategy="no-such-thing"), paths(tmp_path, tiny_mini, 1))
-    assert metrics["strategy"] == "naive"
+    config = stage_config(tiny_params(strategy={"name": "no-such-thing"}), "stage1_seg")
+    with pytest.raises(
+        AttributeError, match="strategy is read by stage stage1_seg, which does not"
+    ):
+        _ = config.strategy
+    assert train_stage(1, config, paths(tmp_path, tiny_mini, 1))["strategy"] == "naive"
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"stage1": {"epochs": -1}}, r"stage1\.epochs must be a positive number, got -1"),
-        ({"stage1": {"lr": 0}}, r"stage1\.lr must be a positive number, got 0"),
-        ({"stage1": {"image_size": 70}}, r"stage1\.image_size must be a multiple of 32"),
-        ({"train": {"precision": "fp16"}}, r"train\.precision must be one of fp32, bf16"),
-        ({"train": {"backbone_lr": -1}}, r"train\.backbone_lr must be a number >= 0, got -1"),
-        ({"model": {"batchnorm": "sync"}}, r"model\.batchnorm must be one of frozen, train"),
-        ({"train": {"clip_grad_norm": 0}}, r"train\.clip_grad_norm must be null or a positive"),
-        ({"train": {"seg_loss_stride": 0}}, r"train\.seg_loss_stride must be a positive"),
+        ({"stage1": {"epochs": -1}}, r"^stage1\.epochs must be > 0, got -1$"),
+        ({"stage1": {"epochs": "six"}}, r"^stage1\.epochs must be an integer, got 'six'$"),
+        ({"stage1": {"lr": 0}}, r"^stage1\.lr must be > 0, got 0$"),
+        ({"stage1": {"image_size": 70}}, r"^stage1\.image_size must be a multiple of 32"),
+        ({"train": {"precision": "fp16"}}, r"^train\.precision must be one of fp32, bf16"),
+        ({"train": {"backbone_lr": -1}}, r"^train\.backbone_lr must be >= 0, got -1$"),
+        ({"model": {"batchnorm": "sync"}}, r"^model\.batchnorm must be one of frozen, train"),
+        ({"train": {"clip_grad_norm": 0}}, r"^train\.clip_grad_norm must be > 0, got 0$"),
+        ({"train": {"seg_loss_stride": 0}}, r"^train\.seg_loss_stride must be > 0"),
+        ({"train": {"warmpu": 0.1}}, r"^train\.warmpu: unknown param of train$"),
+        ({"sead": 1}, r"^sead: unknown param of params\.yaml$"),
     ],
 )
-def test_bad_stage_params_are_named(
-    tiny_mini: Path, tmp_path: Path, change: dict, message: str
-) -> None:
+def test_bad_params_are_named(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        train_stage(1, params(**change), paths(tmp_path, tiny_mini, 1))
-    assert not any(tmp_path.iterdir())
+        params(**change)
 
 
 def test_unknown_strategy_is_named(three_stages: Path, tiny_mini: Path, tmp_path: Path) -> None:
     stage2 = paths(tmp_path, tiny_mini, 2)
     stage2 = StagePaths(**{**stage2.__dict__, "previous": three_stages / "checkpoints/stage1.pt"})
-    with pytest.raises(ValueError, match=r"strategy: unknown strategy 'magic'; known: .*replay"):
-        train_stage(2, params(strategy="magic"), stage2)
+    with pytest.raises(ValueError, match=r"unknown strategy 'magic'; known: .*replay"):
+        train_stage(2, params(strategy={"name": "magic"}), stage2)
     assert not any(tmp_path.iterdir())
 
 
@@ -151,9 +158,9 @@ def test_batchnorm_policy(tiny_mini: Path, policy: str) -> None:
     (and normalises with them), while its BatchNorm affine weights still learn; `train` moves
     the statistics."""
     config = params(model={"pretrained": False, "batchnorm": policy})
-    model = model_factory(config, tiny_mini, 0)().train()
+    model = model_factory(config.model, tiny_mini, 0)().train()
     before, weights = bn_buffers(model), model.trunk.backbone.net._bn0.weight.clone()
-    optimizer = build_optimizer(model, build_strategy("naive", config), 0.01, config["train"])
+    optimizer = build_optimizer(model, build_strategy(config.strategy), 0.01, config.train)
     images = torch.rand(2, 3, 64, 64)
     model(images)["cls"].logsumexp(1).sum().backward()
     optimizer.step()
@@ -169,8 +176,8 @@ def test_batchnorm_policy(tiny_mini: Path, policy: str) -> None:
 
 def test_backbone_gets_its_own_learning_rate(tiny_mini: Path) -> None:
     config = params(train={"backbone_lr": 0.25})
-    model = model_factory(config, tiny_mini, 0)()
-    optimizer = build_optimizer(model, build_strategy("naive", config), 0.004, config["train"])
+    model = model_factory(config.model, tiny_mini, 0)()
+    optimizer = build_optimizer(model, build_strategy(config.strategy), 0.004, config.train)
     backbone, rest, strategy = optimizer.param_groups
     assert backbone["lr"] == pytest.approx(0.001) and rest["lr"] == strategy["lr"] == 0.004
     ids = {id(p) for p in model.trunk.backbone.parameters()}
@@ -192,7 +199,7 @@ def test_every_task_is_trained_and_evaluated_at_its_own_size(
     monkeypatch.setattr(seqmtl.train, "build_dataset", spy)
     stage2 = paths(tmp_path, tiny_mini, 2)
     stage2 = StagePaths(**{**stage2.__dict__, "previous": three_stages / "checkpoints/stage1.pt"})
-    train_stage(2, params(strategy="replay", stage2={"image_size": 96, "epochs": 1}), stage2)
+    train_stage(2, params("strategy=replay", stage2={"image_size": 96, "epochs": 1}), stage2)
     assert ("seg", "val", 64) in built and ("seg", "train", 64) in built  # replayed at 64
     assert ("det", "val", 96) in built and ("det", "train", 96) in built
     assert {size for task, _, size in built if task == "seg"} == {64}

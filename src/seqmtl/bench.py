@@ -30,11 +30,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from seqmtl.backbones import BACKBONES
+from seqmtl.config import Strategy, load_config
 from seqmtl.data import TASKS, TaskDataset, build_dataset, class_names, collate
 from seqmtl.files import write_json
 from seqmtl.model import UnifiedModel
 from seqmtl.runtime import machine, resolve_device
-from seqmtl.stage import keep_freed_memory, load_params
+from seqmtl.stage import keep_freed_memory
 from seqmtl.strategies import StageContext, build_strategy
 from seqmtl.subsample import subsample
 from seqmtl.synthetic import COCO_FIRST_TEN, generate
@@ -53,10 +54,10 @@ def training_timings(
     the bare backbone's forward + backward on a batch of the same shape, with images/s."""
     data = build_dataset(mini, task, "train", size, train=True)
     loader = DataLoader(data, batch, shuffle=True, drop_last=True, collate_fn=collate)
-    train_cfg = load_params()["train"]  # the pipeline's optimizer, clipping and seg loss stride
-    tasks = build_tasks(model.num_classes, 0.5, train_cfg["seg_loss_stride"])
+    train_cfg = load_config().train  # the pipeline's optimizer, clipping and seg loss stride
+    tasks = build_tasks(model.num_classes, 0.5, train_cfg.seg_loss_stride)
     ctx = StageContext(model, tasks, task, [], device, 0, batch, lambda _: data)
-    strategy = build_strategy("naive", {})
+    strategy = build_strategy(Strategy("naive", {}))
     optimizer = build_optimizer(model, strategy, 1e-4, train_cfg)
     batches = iter(())
     backbone = first_backbone(model)
@@ -69,7 +70,7 @@ def training_timings(
         except StopIteration:
             batches = iter(loader)
             images, targets = next(batches)
-        train_step(ctx, strategy, images, targets, optimizer, False, train_cfg["clip_grad_norm"])
+        train_step(ctx, strategy, images, targets, optimizer, False, train_cfg.clip_grad_norm)
 
     def bare() -> None:
         backbone.zero_grad(set_to_none=True)

@@ -8,25 +8,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from seqmtl.config import Model
 from seqmtl.data import class_names
 from seqmtl.model import UnifiedModel, build_model
 
 
-def model_factory(params: dict[str, Any], mini: Path, seed: int) -> Any:
+def model_factory(cfg: Model, mini: Path, seed: int) -> Any:
     """A function building the configured model afresh (same initialisation for the same seed),
     with class counts read from the mini datasets."""
-    cfg = params["model"]
     counts = {task: len(names) for task, names in class_names(mini).items()}
 
     def make() -> UnifiedModel:
         torch.manual_seed(seed)
         return UnifiedModel(
             counts,
-            cfg["backbone"],
-            cfg["pretrained"],
-            cfg["channels"],
-            cfg["head_layers"],
-            cfg["batchnorm"],
+            cfg.backbone,
+            cfg.pretrained,
+            cfg.channels,
+            cfg.head_layers,
+            cfg.batchnorm,
         )
 
     return make

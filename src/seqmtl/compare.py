@@ -5,11 +5,11 @@
 
 Reads `dvc exp show --json --rev REV` for each REV (default HEAD; or `--input`, a saved copy):
 the run committed at REV and every finished experiment based on it. A run takes part when its
-params equal params.yaml (with `-S profile=NAME`: that profile's composition, `seqmtl.config`)
-except for `strategy`, `seed`, `data.mirror` (where the archives were
-read from, a machine's path), the sections of the strategies it did not run (no stage of it
-reads them) and the keys given with `-S` (which it must match), so runs of another
-configuration (real data, other epochs) never mix in; one run per (strategy, seed),
+params equal the composition of its profile and strategy (`-S profile=NAME`, default synthetic,
+and `strategy=<its name>`: `seqmtl.config.compose`) except for `seed`, `data.mirror` (where the
+archives were read from, a machine's path) and the keys given with `-S` (which it must match; a
+`strategy.KEY` binds only the runs whose strategy has KEY), so runs of another configuration
+(real data, other epochs, a tuned strategy) never mix in; one run per (strategy, seed),
 preferring one that timed its own stages 2 and 3 (a run whose stages DVC restored from its run
 cache has no training time of its own). Writes metrics/<name>.json, metrics/<name>.md (table)
 and plots/<name>.png:
@@ -33,6 +33,8 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
+from functools import cache
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ from seqmtl.strategies import strategy_names
 
 ALPHA = 0.05
 VERDICTS = ("pass", "undecided", "fail", "not learned")
-VARIED = ("strategy", "seed", "data.mirror")
+VARIED = ("strategy.name", "seed", "data.mirror")
 
 Run = dict[str, Any]
 
@@ -83,27 +85,39 @@ def read_runs(exp_show: list[dict[str, Any]]) -> list[Run]:
             if rev is commit:
                 committed = efficiency.get("runs", {})
             if params and "metrics/eval.json" in metrics:
-                runs.append({"name": rev.get("name") or rev["rev"][:7], "params": params,
+                runs.append({"name": rev.get("name") or rev["rev"][:7], "params": current(params),
                              "metrics": metrics, "seconds": timed})  # fmt: skip
     return runs
 
 
-def select(runs: list[Run], base: dict[str, Any], fixed: dict[str, Any]) -> list[Run]:
-    """Runs equal to `base` except for VARIED, other strategies' sections and `fixed` (which
-    they must match), one per (strategy, seed): the first listed with its own training time of
-    stages 2 and 3, else the first listed. A `fixed` key of another strategy's section (e.g.
-    `ewc.lambda` beside gradnorm runs) binds only that strategy's runs."""
-    base_flat = flatten(base)
+def current(params: dict[str, Any]) -> dict[str, Any]:
+    """A run's params in today's layout: a run made when `strategy` was a name and each strategy
+    had its own top-level section gets `strategy: {name, its section's params}`, the other
+    strategies' sections (which none of its stages read) dropped."""
+    if not isinstance(params.get("strategy"), str):
+        return params
+    name = params["strategy"]
+    kept = {k: v for k, v in params.items() if k not in strategy_names() and k != "strategy"}
+    return kept | {"strategy": {"name": name, **(params.get(name) or {})}}
+
+
+def select(
+    runs: list[Run], base: Callable[[str], dict[str, Any]], fixed: dict[str, Any]
+) -> list[Run]:
+    """Runs equal to `base(their strategy's name)` except for VARIED and `fixed` (which they must
+    match; a `strategy.KEY` binds only the runs whose strategy has KEY), one per (strategy,
+    seed): the first listed with its own training time of stages 2 and 3, else the first."""
     chosen: dict[tuple[str, int], Run] = {}
     for run in runs:
         flat = flatten(run["params"])
-        unread = set(strategy_names()) - {flat["strategy"]}
-        keys = {k for k in set(base_flat) | set(flat) | set(fixed) if k.split(".")[0] not in unread}
-        if any(flat.get(k) != fixed[k] for k in keys & set(fixed)) or any(
+        base_flat = flatten(base(flat["strategy.name"]))
+        binding = {k for k in fixed if not k.startswith("strategy.") or k in flat}
+        keys = set(base_flat) | set(flat)
+        if any(flat.get(k) != fixed[k] for k in binding) or any(
             flat.get(k) != base_flat.get(k) for k in keys - set(VARIED) - set(fixed)
         ):
             continue
-        key = (flat["strategy"], flat["seed"])
+        key = (flat["strategy.name"], flat["seed"])
         if key not in chosen or (
             training_seconds(chosen[key]) is None and training_seconds(run) is not None
         ):
@@ -223,7 +237,7 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
     """The comparison: per-strategy statistics over seeds and pairwise paired tests."""
     by_strategy: dict[str, dict[int, Run]] = defaultdict(dict)
     for run in runs:
-        by_strategy[run["params"]["strategy"]][run["params"]["seed"]] = run
+        by_strategy[run["params"]["strategy"]["name"]][run["params"]["seed"]] = run
     strategies: dict[str, Any] = {}
     for strategy, seeds in sorted(by_strategy.items()):
         times = [t for run in seeds.values() if (t := training_seconds(run)) is not None]
@@ -407,7 +421,6 @@ def main() -> None:
     parser.add_argument("--rev", action="append", default=[],
                         help="a baseline commit of the experiments (repeatable; HEAD)")  # fmt: skip
     parser.add_argument("--input", type=Path, help="a saved `dvc exp show --json`")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     if args.input:
         exp_show = json.loads(args.input.read_text())
@@ -419,10 +432,14 @@ def main() -> None:
         ]
     fixed = parse_fixed(args.fixed)
     profile = [item for item in args.fixed if item.startswith("profile=")]
-    try:
-        base = compose(profile) if profile else yaml.safe_load(args.params.read_text())
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+
+    @cache
+    def base(strategy: str) -> dict[str, Any]:
+        try:
+            return compose([*profile, f"strategy={strategy}"])
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+
     runs = select(read_runs(exp_show), base, fixed)
     if not runs:
         raise SystemExit("no finished run matches; see `dvc exp show` and the -S filters")

@@ -1,23 +1,320 @@
-"""The configuration as `dvc exp run` composes it: conf/config.yaml, the chosen profile
-(conf/profile/), then overrides (`KEY=VALUE` or `profile=NAME`, Hydra's override grammar)."""
+"""The configuration: composed by `dvc exp run` (Hydra: conf/config.yaml, the chosen profile and
+strategy, then `-S` overrides) into params.yaml, and loaded from it here into typed sections.
+
+`parse` validates a whole params mapping once: an unknown key, a missing one, a wrong type or a
+bad value is one ValueError naming the key. `load_config(stage)` gives a stage the params its
+dvc.yaml entry declares after validating the whole file; reading any other param raises an
+AttributeError naming it, so a stage cannot depend on what it does not declare.
+"""
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from hydra.errors import HydraException
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+import yaml
 
 CONF = Path("conf")
+PARAMS = Path("params.yaml")
+PIPELINE = Path("dvc.yaml")
+
+
+class Undeclared:
+    """The value of a param that the loading stage does not declare."""
+
+    def __init__(self, key: str, stage: str) -> None:
+        self.key, self.stage = key, stage
+
+
+@dataclass(frozen=True)
+class Section:
+    """A typed params section; reading an undeclared param raises an AttributeError."""
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if isinstance(value, Undeclared):
+            raise AttributeError(
+                f"{value.key} is read by stage {value.stage}, which does not declare it in "
+                "dvc.yaml's params"
+            )
+        return value
+
+    @classmethod
+    def arrange(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The section's fields from its params mapping (default: the mapping itself)."""
+        return data
+
+    def check(self, key: str) -> None:
+        """Constraints between fields (default: none); a ValueError names the param."""
+
+
+def rule(test: Callable[[Any], bool], text: str) -> Any:
+    """A field whose value must pass `test` (`text` says what it must be)."""
+    return field(metadata={"rule": (test, text)})
+
+
+def positive() -> Any:
+    return rule(lambda v: v > 0, "> 0")
+
+
+def at_least(low: float) -> Any:
+    return rule(lambda v: v >= low, f">= {low:g}")
+
+
+def within(low: float, high: float, *, open_high: bool = False) -> Any:
+    end = ")" if open_high else "]"
+    return rule(
+        lambda v: low <= v and (v < high if open_high else v <= high), f"in [{low:g}, {high:g}{end}"
+    )
+
+
+@dataclass(frozen=True)
+class Synthetic(Section):
+    n_train: int = positive()  # images per dataset in the train split
+    n_val: int = positive()
+    size: int = at_least(32)  # side of the generated images
+
+
+@dataclass(frozen=True)
+class Data(Section):
+    source: Literal["synthetic", "download"]
+    mirror: str | None  # a URL or local folder holding the official archives
+    synthetic: Synthetic
+
+
+@dataclass(frozen=True)
+class Subsample(Section):
+    n_train: int = positive()
+    n_val: int = positive()
+    det_classes: int | list[str]  # the N categories in the most images, or their names
+
+
+@dataclass(frozen=True)
+class Model(Section):
+    backbone: str
+    pretrained: bool
+    channels: int = positive()
+    head_layers: Literal[2, 3]
+    batchnorm: Literal["frozen", "train"]
+
+
+@dataclass(frozen=True)
+class Train(Section):
+    weight_decay: float = at_least(0)
+    backbone_lr: float = at_least(0)
+    clip_grad_norm: float | None = positive()
+    seg_loss_stride: int = positive()
+    warmup: float = within(0, 1, open_high=True)
+    eval_every: int = positive()
+    checkpoint_every: int = positive()
+    score_threshold: float = within(0, 1)
+    precision: Literal["fp32", "bf16"]
+    processes: int = positive()
+
+
+@dataclass(frozen=True)
+class Stage(Section):
+    epochs: int = positive()
+    lr: float = positive()
+    batch_size: int = positive()
+    image_size: int = positive()
+
+    def check(self, key: str) -> None:
+        if self.image_size % 32:
+            raise ValueError(f"{key}.image_size must be a multiple of 32, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class ReplayBuffer(Section):
+    per_task: int = positive()  # buffered training samples of each old task
+    batch_size: int = positive()  # replayed samples of each old task in every step
+    weight: float = at_least(0)  # λ on the replayed losses
+
+
+@dataclass(frozen=True)
+class Bootstrap(Section):
+    resamples: int = positive()
+    det_resamples: int = positive()
+
+
+@dataclass(frozen=True)
+class Latency(Section):
+    image_size: int = positive()
+    rounds: int = positive()
+
+
+@dataclass(frozen=True)
+class Evaluate(Section):
+    max_drop: float = within(0, 1)
+    bootstrap: Bootstrap
+    chance_margin: float = within(0, 1, open_high=True)
+    latency: Latency
+
+
+@dataclass(frozen=True)
+class Gradients(Section):
+    images: int | None = positive()
+    batch_small: int = positive()
+    batch_big: int = positive()
+    projection_dim: int = positive()
+    tsne_perplexity: int = positive()
+
+    def check(self, key: str) -> None:
+        if self.batch_big % self.batch_small or self.batch_big == self.batch_small:
+            raise ValueError(f"{key}.batch_big must be a multiple of batch_small greater than it")
+
+
+@dataclass(frozen=True)
+class Strategy(Section):
+    """The strategy's name and its own params (`seqmtl.strategies` checks them)."""
+
+    name: str
+    options: dict[str, Any]
+
+    @classmethod
+    def arrange(cls, data: dict[str, Any]) -> dict[str, Any]:
+        rest = {k: v for k, v in data.items() if k != "name"}
+        return {"name": data["name"], "options": rest} if "name" in data else {"options": rest}
+
+
+@dataclass(frozen=True)
+class Config(Section):
+    seed: int = at_least(0)
+    device: str  # auto (cuda when present, else cpu) | cpu | cuda | cuda:N
+    profile: str
+    strategy: Strategy
+    data: Data
+    subsample: Subsample
+    model: Model
+    train: Train
+    stage1: Stage
+    stage2: Stage
+    stage3: Stage
+    replay_buffer: ReplayBuffer
+    evaluate: Evaluate
+    gradients: Gradients
+
+    def stage(self, number: int) -> Stage:
+        """The section `stage<number>`."""
+        return getattr(self, f"stage{number}")
+
+
+def parse(data: Any, stage: str | None = None) -> Config:
+    """`data` (params.yaml's mapping) as a Config. Without `stage`, every param must be present;
+    with it, `data` holds the params `stage` declares and the others read as undeclared."""
+    return _section(Config, data, "", stage)
+
+
+def _section(cls: type[Section], data: Any, key: str, stage: str | None) -> Any:
+    where = key or "params.yaml"
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {data!r}")
+    data = cls.arrange(data)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{key + '.' if key else ''}{unknown[0]}: unknown param of {where}")
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, spec in known.items():
+        path = f"{key}.{name}" if key else name
+        if name not in data:
+            if stage is None:
+                raise ValueError(f"{path}: missing from {where}")
+            values[name] = Undeclared(path, stage)
+            continue
+        values[name] = _value(hints[name], data[name], path, stage)
+        test, text = spec.metadata.get("rule", (None, ""))
+        if test is not None and values[name] is not None and not test(values[name]):
+            raise ValueError(f"{path} must be {text}, got {data[name]!r}")
+    section = cls(**values)
+    if not any(isinstance(v, Undeclared) for v in values.values()):
+        section.check(key)
+    return section
+
+
+def _value(kind: Any, value: Any, key: str, stage: str | None) -> Any:
+    """`value` as type `kind` (a Section, scalar, Literal, list, dict or union of them)."""
+    origin, args = get_origin(kind), get_args(kind)
+    if isinstance(kind, type) and issubclass(kind, Section):
+        return _section(kind, value, key, stage)
+    if origin in (Union, types.UnionType):
+        for option in args:
+            try:
+                return _value(option, value, key, stage)
+            except ValueError:
+                continue
+        raise ValueError(f"{key} must be {_describe(kind)}, got {value!r}")
+    if origin is Literal:
+        if value in args and type(value) is type(args[args.index(value)]):
+            return value
+    elif origin is list:
+        if isinstance(value, list) and all(isinstance(v, args[0]) for v in value):
+            return value
+    elif origin is dict:
+        if isinstance(value, dict):
+            return value
+    elif kind is type(None):
+        if value is None:
+            return None
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, kind):
+        return value
+    raise ValueError(f"{key} must be {_describe(kind)}, got {value!r}")
+
+
+def _describe(kind: Any) -> str:
+    origin, args = get_origin(kind), get_args(kind)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             list: "a list", dict: "a mapping", type(None): "null"}  # fmt: skip
+    return names.get(origin or kind, str(kind))
+
+
+def declared(params: dict[str, Any], stage: str, pipeline: Path = PIPELINE) -> dict[str, Any]:
+    """The part of `params` that `stage` of `pipeline` (dvc.yaml) lists under `params:` (keys
+    of params.yaml, dotted for nested ones)."""
+    with open(pipeline) as handle:
+        keys = yaml.safe_load(handle)["stages"][stage].get("params", [])
+    subset: dict[str, Any] = {}
+    for key in keys:
+        *parents, leaf = key.split(".")
+        source, target = params, subset
+        for parent in parents:
+            source, target = source[parent], target.setdefault(parent, {})
+        target[leaf] = source[leaf]
+    return subset
+
+
+def load_config(stage: str | None = None, path: Path = PARAMS, pipeline: Path = PIPELINE) -> Config:
+    """`path` (params.yaml) validated and typed: all of it, or (with `stage`) only the params
+    that `stage` declares in `pipeline` (dvc.yaml)."""
+    with open(path) as handle:
+        params = yaml.safe_load(handle)
+    config = parse(params)
+    return config if stage is None else parse(declared(params, stage, pipeline), stage)
 
 
 def compose(overrides: list[str], conf: Path = CONF) -> dict[str, Any]:
     """The params that `dvc exp run -S o1 -S o2 …` would write to params.yaml; an unknown key,
-    profile or malformed override raises a ValueError naming it."""
+    profile or strategy, or a malformed override, raises a ValueError naming it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         with initialize_config_dir(str(conf.resolve()), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=overrides)

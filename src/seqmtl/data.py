@@ -25,6 +25,8 @@ from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from seqmtl.config import Config
+
 TASKS = ("seg", "det", "cls")
 VOC_CLASSES = (
     "background",
@@ -299,10 +301,10 @@ class ClsDataset(TaskDataset):
         return F.to_dtype(image, torch.float32, scale=True), {"label": self.labels[i], "index": i}
 
 
-def task_image_sizes(params: dict[str, Any], tasks: list[str] | tuple[str, ...]) -> dict[str, int]:
+def task_image_sizes(params: Config, tasks: list[str] | tuple[str, ...]) -> dict[str, int]:
     """Each task's image side: that of the stage that learns it (`stageN.image_size`). A task is
     trained, replayed, evaluated and analysed at its own size in every stage."""
-    return {t: int(params[f"stage{TASKS.index(t) + 1}"]["image_size"]) for t in tasks}
+    return {t: params.stage(TASKS.index(t) + 1).image_size for t in tasks}
 
 
 def build_dataset(mini: Path, task: str, split: str, size: int, train: bool) -> TaskDataset:

@@ -6,11 +6,11 @@ function (even one never executed), and so do the packages (`__init__.py`) an im
 the project's own files are searched: the script's folder (first on `sys.path` when Python runs
 a script) and `src/`.
 
-One import is dynamic: `seqmtl.strategies.build_strategy(name, …)` imports the module
-`seqmtl.strategies.<name>`. The rule for it (`stage_strategy`): a stage that the `strategy` param
-reaches, by reading it or by reading an output of a stage it reaches (a checkpoint records its
-strategy, rebuilt on loading), may build any strategy and depends on the folder
-`src/seqmtl/strategies`; any other stage builds only `naive` (stage 1 and the single-task
+One import is dynamic: `seqmtl.strategies.build_strategy(section, …)` imports the module
+`seqmtl.strategies.<section.name>`. The rule for it (`stage_strategy`): a stage that the
+`strategy` param reaches, by reading it or by reading an output of a stage it reaches (a
+checkpoint records its strategy, rebuilt on loading), may build any strategy and depends on the
+folder `src/seqmtl/strategies`; any other stage builds only `naive` (stage 1 and the single-task
 references train naively) and depends on naive.py and what it imports.
 """
 

@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -33,18 +32,9 @@ def launched() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def processes(params: dict[str, Any]) -> int:
-    """`train.processes` (1 when absent), a positive int; anything else is rejected."""
-    value = params["train"].get("processes", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"train.processes must be a positive integer, got {value!r}")
-    return value
-
-
-def launch(params: dict[str, Any]) -> None:
-    """With `train.processes` N > 1 and not yet under torchrun: run this script again with its
+def launch(n: int) -> None:
+    """With N = `train.processes` > 1 and not yet under torchrun: run this script again with its
     arguments under torchrun, N processes on this machine, and exit with its exit code."""
-    n = processes(params)
     if n > 1 and not launched():
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={n}", sys.argv[0], *sys.argv[1:]]  # fmt: skip

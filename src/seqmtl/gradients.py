@@ -41,6 +41,7 @@ from sklearn.manifold import TSNE
 from torch import Tensor, nn
 
 from seqmtl.checkpoints import load_checkpoint
+from seqmtl.config import Config, Gradients
 from seqmtl.data import TASKS, TaskDataset, build_dataset, collate, task_image_sizes
 from seqmtl.files import atomic_dir, save_png, write_json
 from seqmtl.logs import read_weights
@@ -298,32 +299,16 @@ def _cosine(dots: np.ndarray) -> float | None:
     return float(ab / math.sqrt(aa * bb)) if aa > 0 and bb > 0 else None
 
 
-def analysed_order(n: int, cfg: dict[str, Any], seed: int) -> Tensor:
-    """Seeded random order of the analysed images of an n-image split: `cfg["images"]` of them
+def analysed_order(n: int, cfg: Gradients, seed: int) -> Tensor:
+    """Seeded random order of the analysed images of an n-image split: `cfg.images` of them
     (all when null), truncated to a multiple of B_big."""
-    wanted = n if cfg["images"] is None else min(int(cfg["images"]), n)
-    count = wanted - wanted % int(cfg["batch_big"])
+    wanted = n if cfg.images is None else min(cfg.images, n)
+    count = wanted - wanted % cfg.batch_big
     if count == 0:
         raise ValueError(
-            f"gradients.batch_big ({cfg['batch_big']}) exceeds the {wanted} analysable images"
+            f"gradients.batch_big ({cfg.batch_big}) exceeds the {wanted} analysable images"
         )
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count]
-
-
-def check_params(cfg: dict[str, Any]) -> None:
-    """Positive integer batch sizes with B_big a multiple of B_small greater than it; positive
-    sketch width and perplexity; `images` null or a positive integer."""
-    for key in ("batch_small", "batch_big", "projection_dim", "tsne_perplexity"):
-        value = cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"gradients.{key} must be a positive integer, got {value!r}")
-    if cfg["batch_big"] % cfg["batch_small"] or cfg["batch_big"] == cfg["batch_small"]:
-        raise ValueError("gradients.batch_big must be a multiple of batch_small greater than it")
-    images = cfg.get("images")
-    if images is not None and (
-        isinstance(images, bool) or not isinstance(images, int) or images <= 0
-    ):
-        raise ValueError(f"gradients.images must be null or a positive integer, got {images!r}")
 
 
 def _round(x: float | None) -> float | None:
@@ -342,13 +327,12 @@ class GradientPaths:
     plots: Path
 
 
-def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str, Any]:
+def analyse_gradients(params: Config, paths: GradientPaths) -> dict[str, Any]:
     """Analyse every snapshot of `paths.snapshots` (in stage order) on every task it has seen;
     write the numbers to `paths.metrics` and the figures under `paths.plots`."""
-    cfg = params["gradients"]
-    check_params(cfg)
-    seed = int(params["seed"])
-    b_small, b_big = int(cfg["batch_small"]), int(cfg["batch_big"])
+    cfg = params.gradients
+    seed = params.seed
+    b_small, b_big = cfg.batch_small, cfg.batch_big
     datasets: dict[str, TaskDataset] = {}
     orders: dict[str, Tensor] = {}
     snapshots: dict[str, dict[str, Any]] = {}
@@ -359,11 +343,9 @@ def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str,
         model.eval().requires_grad_(True)  # a strategy may have frozen some parameters
         shared = shared_parameter_groups(model)
         tasks = build_tasks(
-            model.num_classes,
-            float(params["train"]["score_threshold"]),
-            params["train"]["seg_loss_stride"],
+            model.num_classes, params.train.score_threshold, params.train.seg_loss_stride
         )
-        sketch = CountSketch(shared.count(), int(cfg["projection_dim"]), seed)
+        sketch = CountSketch(shared.count(), cfg.projection_dim, seed)
         stats: dict[str, BatchStatistics] = {}
         reached: dict[str, Tensor] = {}
         for task in checkpoint["tasks"]:
@@ -409,7 +391,7 @@ def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str,
             "shared_parameters": {g: shared.count(g) for g in GROUPS} | {"all": shared.count()},
             "projection": {
                 "kind": "count_sketch",
-                "dim": int(cfg["projection_dim"]),
+                "dim": cfg.projection_dim,
                 "max_abs_cosine_error": _round(max(errors, default=0.0)),
                 "pairs_checked": len(errors),
             },
@@ -431,7 +413,7 @@ def analyse_gradients(params: dict[str, Any], paths: GradientPaths) -> dict[str,
         points = [
             (snapshots[n]["epoch"], t, d) for n, by in directions.items() for t, d in by.items()
         ]
-        plot_tsne(points, int(cfg["tsne_perplexity"]), seed, folder / "tsne.png")
+        plot_tsne(points, cfg.tsne_perplexity, seed, folder / "tsne.png")
     return result
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
 from seqmtl.backbones import Backbone, build_backbone
+from seqmtl.config import Model
 from seqmtl.data import TASKS
 
 DET_PRIOR = 0.01
@@ -164,14 +165,14 @@ class IndependentModel(nn.Module):
         return {t: self.members[t](x, tasks=(t,))[t] for t in tasks or tuple(self.members)}
 
 
-def architecture(model: nn.Module, config: dict[str, Any]) -> dict[str, Any]:
+def architecture(model: nn.Module, config: Model) -> dict[str, Any]:
     """What rebuilds `model` without its training strategy (`build_model`): the model params it
     was built with, its class counts, and the tasks of its members where it has one trunk per task
     (None: one shared trunk)."""
     members = list(model.members) if isinstance(model, IndependentModel) else None
     keys = ("backbone", "channels", "head_layers", "batchnorm")
     return {"num_classes": dict(model.num_classes), "members": members} | {
-        k: config[k] for k in keys
+        k: getattr(config, k) for k in keys
     }
 
 

@@ -1,4 +1,4 @@
-"""What every stage script shares: reading params.yaml and failing with one clear message."""
+"""What every stage script shares: its memory policy and failing with one clear message."""
 
 from __future__ import annotations
 
@@ -8,18 +8,6 @@ import logging
 import platform
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
-import yaml
-
-PARAMS = Path("params.yaml")
-
-
-def load_params(path: Path = PARAMS) -> dict[str, Any]:
-    """The parsed params.yaml."""
-    with open(path) as handle:
-        return yaml.safe_load(handle)
 
 
 def keep_freed_memory() -> bool:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from seqmtl import config
 from seqmtl.checkpoints import model_factory
 from seqmtl.data import TASKS, TaskDataset, build_dataset, collate, task_image_sizes
 from seqmtl.distributed import average_, is_main, rank, setup, teardown, world_size
@@ -44,39 +45,6 @@ class StagePaths:
     plots: Path
 
 
-def check_stage_params(cfg: dict[str, Any], name: str) -> None:
-    """Reject a non-positive epoch count, batch size, image size or lr, naming the param."""
-    for key in ("epochs", "batch_size", "image_size", "lr"):
-        value = cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ValueError(f"{name}.{key} must be a positive number, got {value!r}")
-    if cfg["image_size"] % 32:
-        raise ValueError(f"{name}.image_size must be a multiple of 32, got {cfg['image_size']}")
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def check_precision(value: Any) -> bool:
-    """Whether `train.precision` asks for bf16 mixed precision; anything unknown is rejected.
-
-    bf16 autocasts the forward passes and losses of training (weights, gradients and the
-    optimiser stay fp32; evaluation runs in fp32). fp16 would need loss scaling inside every
-    strategy's backward, and is not offered."""
-    if value not in PRECISIONS:
-        raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
-    return value == "bf16"
-
-
-def check_max_norm(value: Any) -> float | None:
-    """`train.clip_grad_norm`: None (no clipping) or a positive number, else a ValueError."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"train.clip_grad_norm must be null or a positive number, got {value!r}")
-    return float(value)
-
-
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, steps: int, warmup: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -92,15 +60,13 @@ def warmup_cosine(
 
 
 def build_optimizer(
-    model: nn.Module, strategy: Strategy, lr: float, train_cfg: dict[str, Any]
+    model: nn.Module, strategy: Strategy, lr: float, train_cfg: config.Train
 ) -> torch.optim.AdamW:
     """AdamW with three param groups: the backbone at lr x `train.backbone_lr` (a pretrained
     network is fine-tuned, not retrained), the rest of the model at lr, and the strategy's own
     parameters at `strategy.parameters_lr(lr)` without weight decay. The fused kernel updates
     every parameter in one pass instead of one per tensor, the same update, faster on the CPU."""
-    multiplier = train_cfg.get("backbone_lr")
-    if isinstance(multiplier, bool) or not isinstance(multiplier, int | float) or multiplier < 0:
-        raise ValueError(f"train.backbone_lr must be a number >= 0, got {multiplier!r}")
+    multiplier = train_cfg.backbone_lr
     trainable = [p for p in model.parameters() if p.requires_grad]
     backbone = {id(p) for p in backbone_parameters(model)}
     return torch.optim.AdamW(
@@ -114,7 +80,7 @@ def build_optimizer(
             },
         ],
         lr=lr,
-        weight_decay=float(train_cfg["weight_decay"]),
+        weight_decay=train_cfg.weight_decay,
         fused=True,
     )
 
@@ -185,7 +151,7 @@ def train_one_epoch(
 
 
 def train_stage(
-    stage: int, params: dict[str, Any], paths: StagePaths, single_task: bool = False
+    stage: int, params: config.Config, paths: StagePaths, single_task: bool = False
 ) -> dict[str, Any]:
     """Train stage `stage` (1 = seg, 2 = det, 3 = cls); write its checkpoint, metrics and plots.
 
@@ -200,8 +166,7 @@ def train_stage(
     Under torchrun (`train.processes` > 1, see `seqmtl.distributed`) each process trains on its
     share of every batch; rank 0 alone evaluates and writes, the others return {}.
     """
-    check_stage_params(params[f"stage{stage}"], f"stage{stage}")
-    device = setup(resolve_device(params["device"]))
+    device = setup(resolve_device(params.device))
     try:
         return _train_stage(stage, params, paths, single_task, device)
     finally:
@@ -209,46 +174,47 @@ def train_stage(
 
 
 def _train_stage(
-    stage: int, params: dict[str, Any], paths: StagePaths, single_task: bool, device: torch.device
+    stage: int, params: config.Config, paths: StagePaths, single_task: bool, device: torch.device
 ) -> dict[str, Any]:
     """`train_stage` in this process, on `device`, one of `world_size()` data-parallel ones."""
     name = f"stage{stage}"
-    cfg, train_cfg = params[name], params["train"]
+    cfg, train_cfg = params.stage(stage), params.train
     task = TASKS[stage - 1]
     seen = [task] if single_task else list(TASKS[:stage])
-    seed = int(params["seed"])
-    mixed = check_precision(train_cfg["precision"])
+    seed = params.seed
+    mixed = train_cfg.precision == "bf16"
     world = world_size()
-    batch_size = int(cfg["batch_size"])
+    batch_size = cfg.batch_size
     if batch_size % world:
         raise ValueError(
             f"{name}.batch_size ({batch_size}) must be divisible by the {world} processes "
             "(train.processes): each takes an equal share of every batch"
         )
-    strategy_name = "naive" if stage == 1 or single_task else params["strategy"]
-    strategy = build_strategy(strategy_name, params)
+    if stage == 1 or single_task:
+        strategy = build_strategy(config.Strategy("naive", {}))
+    else:
+        strategy = build_strategy(params.strategy, params.replay_buffer)
+    strategy_name = strategy.name
     previous = None
     if paths.previous is not None:
         previous = torch.load(paths.previous, map_location="cpu", weights_only=True)
         if previous["strategy"] == strategy_name:
             strategy.load_state_dict(previous["strategy_state"])
-    model = strategy.load_model(model_factory(params, paths.mini, seed), previous, seen)
+    model = strategy.load_model(model_factory(params.model, paths.mini, seed), previous, seen)
     if previous is not None and isinstance(model, UnifiedModel):
         model.zero_task_output(task)
-    if world > 1 and params["model"]["batchnorm"] == "train":
+    if world > 1 and params.model.batchnorm == "train":
         if device.type != "cuda":
             raise ValueError(
                 "model.batchnorm: train with train.processes > 1 needs SyncBatchNorm, which "
                 "runs on CUDA only; use model.batchnorm: frozen or one process"
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    arch = architecture(model, params["model"])
+    arch = architecture(model, params.model)
     model.to(device)
     seed_everything(seed + stage)
 
-    tasks = build_tasks(
-        model.num_classes, float(train_cfg["score_threshold"]), train_cfg["seg_loss_stride"]
-    )
+    tasks = build_tasks(model.num_classes, train_cfg.score_threshold, train_cfg.seg_loss_stride)
     sizes = task_image_sizes(params, seen)
     train_sets: dict[str, TaskDataset] = {}
 
@@ -279,13 +245,11 @@ def _train_stage(
     ctx = StageContext(model, tasks, task, seen[:-1], device, seed + stage, batch_size, train_data)
     strategy.before_stage(ctx)
 
-    optimizer = build_optimizer(model, strategy, float(cfg["lr"]), train_cfg)
-    max_norm = check_max_norm(train_cfg.get("clip_grad_norm"))
-    epochs = int(cfg["epochs"])
-    scheduler = warmup_cosine(optimizer, epochs * len(loader), float(train_cfg["warmup"]))
-    first_epoch = (
-        0 if single_task else sum(int(params[f"stage{s}"]["epochs"]) for s in range(1, stage))
-    )
+    optimizer = build_optimizer(model, strategy, cfg.lr, train_cfg)
+    max_norm = train_cfg.clip_grad_norm
+    epochs = cfg.epochs
+    scheduler = warmup_cosine(optimizer, epochs * len(loader), train_cfg.warmup)
+    first_epoch = 0 if single_task else sum(params.stage(s).epochs for s in range(1, stage))
     train_rows: list[dict[str, Any]] = []
     val_rows: list[dict[str, Any]] = []
     scores: dict[str, dict[str, float]] = {}
@@ -312,13 +276,13 @@ def _train_stage(
             train_rows.append(row | {k: round(v, 6) for k, v in sorted(sums.items())})
             bar.set_postfix({k: f"{v:.3f}" for k, v in sums.items() if k.endswith("/total")})
             last = epoch == epochs
-            if is_main() and (epoch % int(train_cfg["eval_every"]) == 0 or last):
+            if is_main() and (epoch % train_cfg.eval_every == 0 or last):
                 scores = evaluate_all(model, tasks, val_loaders, device)
                 primary = {f"{t}_{tasks[t].primary}": round(scores[t][tasks[t].primary], 6)
                            for t in seen}  # fmt: skip
                 val_rows.append(row | primary)
                 log.info("epoch %d: %s", global_epoch, primary)
-            if snapshots and (epoch % int(train_cfg["checkpoint_every"]) == 0 or last):
+            if snapshots and (epoch % train_cfg.checkpoint_every == 0 or last):
                 torch.save(
                     {"model": model.state_dict(), "epoch": global_epoch, "tasks": seen,
                      "strategy": strategy_name, "architecture": arch},
@@ -351,6 +315,7 @@ def _train_stage(
             "peak_memory_mb": round(peak_memory_mb(device), 1),
             "device": str(device),
             "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
             "metrics_md5": file_digest(paths.metrics),  # which run this timed (evaluate checks)
         },
     )

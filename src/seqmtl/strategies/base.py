@@ -5,14 +5,12 @@ stage's weights), `before_stage(ctx)` once, then for every step `losses(ctx, ima
 and `backward(ctx, losses)` (the loop zeroes the gradients before and steps the optimiser after),
 then `after_stage(ctx)` once. `state_dict()` is saved with the stage's checkpoint and given back
 through `load_state_dict` to the next stage's strategy of the same name. Each strategy is one
-module of this package named as the strategy, its class registered with `@register`; its params
-are its own section of params.yaml, present even if empty (dvc.yaml's stages 2 and 3 depend on
-the section that `strategy` names).
+module of this package named as the strategy, its class registered with `@register`, its params
+beside its `name` in params.yaml's `strategy` section (defaults: conf/strategy/<name>.yaml).
 
 Replay is a component, not a strategy's parent: the `replay_buffer` section of params.yaml
 configures one buffer of old-task samples, which the replay-based strategies (`replays = True`)
-always use and any other adds with `replay: true` in its own section (ewc + replay, lwf +
-replay).
+always use and any other adds with `replay: true` in its section (ewc + replay, lwf + replay).
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from seqmtl import config
 from seqmtl.data import TaskDataset, collate
 from seqmtl.tasks import Targets, Task
 
@@ -88,25 +87,11 @@ class ReplayBuffer:
         return collate([dataset[int(i)] for i in picks])
 
 
-def check_replay(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The `replay_buffer` section as {per_task, batch_size (positive ints), weight (≥ 0)};
-    anything else raises a ValueError naming the param `replay_buffer.<key>`."""
-    checked = {}
-    for key, low in (("per_task", 1), ("batch_size", 1), ("weight", 0)):
-        value = cfg.get(key)
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or value < low or (low and value != int(value)):
-            kind = "a positive integer" if low else "a number ≥ 0"
-            raise ValueError(f"replay_buffer.{key} must be {kind}, got {value!r}")
-        checked[key] = int(value) if low else float(value)
-    return checked
-
-
 class Strategy:
     """Plain fine-tuning on the new task, with replay when configured; subclasses override what
     they change.
 
-    With `replay` (the checked `replay_buffer` section), each step adds the losses of `batch_size`
+    With `replay` (the `replay_buffer` section), each step adds the losses of `batch_size`
     buffered samples of every old task (`per_task` of each, drawn once per stage from its training
     set with the stage's seed), and the default update weighs them by `weight` (λ):
     L = L_new + λ·Σ_old L_old (+ the strategy's own terms at their `term_weight`).
@@ -116,22 +101,24 @@ class Strategy:
     replays: bool | None = None  # True: always (defined on replayed losses); False: never;
     # None: as its own section's `replay` (true | false, default false) says
 
-    def __init__(self, cfg: dict[str, Any], replay: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: dict[str, Any], replay: config.ReplayBuffer | None = None) -> None:
         self.cfg = cfg
         self.replay = replay
+        self.read: set[str] = set()
 
     def number(
         self, key: str, low: float = 0.0, high: float = math.inf, *, open_low: bool = False
     ) -> float:
         """`cfg[key]` as a float in [low, high] ((low, high] with `open_low`); anything else
-        raises a ValueError naming the param `<strategy>.<key>`."""
+        raises a ValueError naming the param `strategy.<key>`."""
+        self.read.add(key)
         value = self.cfg.get(key)
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not (number and (low < value if open_low else low <= value) and value <= high):
             bound = f"{'>' if open_low else '≥'} {low:g}"
             if high < math.inf:
                 bound = f"in {'(' if open_low else '['}{low:g}, {high:g}]"
-            raise ValueError(f"{self.name}.{key} must be a number {bound}, got {value!r}")
+            raise ValueError(f"strategy.{key} must be a number {bound}, got {value!r}")
         return float(value)
 
     def load_model(
@@ -149,7 +136,7 @@ class Strategy:
     def before_stage(self, ctx: StageContext) -> None:
         """Prepare for the stage (the replay buffer; subclasses: frozen copies, …)."""
         if self.replay is not None:
-            self.buffer = ReplayBuffer(self.replay["per_task"], ctx.seed)
+            self.buffer = ReplayBuffer(self.replay.per_task, ctx.seed)
             for task in ctx.old_tasks:
                 self.buffer.add(task, ctx.train_data(task))
 
@@ -157,7 +144,7 @@ class Strategy:
         """The old tasks' losses on a batch of buffered samples each (none without replay)."""
         if self.replay is None:
             return {}
-        size = self.replay["batch_size"]
+        size = self.replay.batch_size
         return {task: ctx.loss(task, *self.buffer.sample(task, size)) for task in ctx.old_tasks}
 
     def losses(self, ctx: StageContext, images: Tensor, targets: Targets) -> Losses:
@@ -168,7 +155,7 @@ class Strategy:
     def term_weight(self, ctx: StageContext, term: str) -> float:
         """The factor of a term in the default update: λ for a replayed old task, else 1."""
         if self.replay is not None and term in ctx.old_tasks:
-            return self.replay["weight"]
+            return self.replay.weight
         return 1.0
 
     def backward(self, ctx: StageContext, losses: Losses) -> None:
@@ -215,19 +202,29 @@ def strategy_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name != "base")
 
 
-def build_strategy(name: str, params: dict[str, Any]) -> Strategy:
-    """The strategy `name`, configured by its own params section (params[name], may be absent)
-    and, where it replays (always, or `replay: true` in its section), by `replay_buffer`.
+def build_strategy(
+    section: config.Strategy, replay_buffer: config.ReplayBuffer | None = None
+) -> Strategy:
+    """The strategy `section.name` with its params `section.options`, and `replay_buffer` where
+    it replays (always, or `replay: true` among its options); an unknown strategy, an unknown
+    or bad option, or a replaying strategy without `replay_buffer`, raises a ValueError.
 
     Only its own module is imported, so a stage depends on the code of the strategy it runs."""
+    name, options = section.name, dict(section.options)
     if name not in strategy_names():
         known = ", ".join(strategy_names())
-        raise ValueError(f"strategy: unknown strategy {name!r}; known: {known}")
+        raise ValueError(f"strategy.name: unknown strategy {name!r}; known: {known}")
     importlib.import_module(f"seqmtl.strategies.{name}")
-    cls, cfg = STRATEGIES[name], params.get(name) or {}
-    if "replay" in cfg and cls.replays is not None:
-        raise ValueError(f"{name}.replay: {name} {'always' if cls.replays else 'never'} replays")
-    replay = cls.replays if cls.replays is not None else cfg.get("replay", False)
+    cls = STRATEGIES[name]
+    if "replay" in options and cls.replays is not None:
+        raise ValueError(f"strategy.replay: {name} {'always' if cls.replays else 'never'} replays")
+    replay = cls.replays if cls.replays is not None else options.pop("replay", False)
     if replay not in (True, False):
-        raise ValueError(f"{name}.replay must be true or false, got {replay!r}")
-    return cls(cfg, check_replay(params.get("replay_buffer") or {}) if replay else None)
+        raise ValueError(f"strategy.replay must be true or false, got {replay!r}")
+    if replay and replay_buffer is None:
+        raise ValueError(f"{name} replays: it needs the replay_buffer section")
+    strategy = cls(options, replay_buffer if replay else None)
+    unknown = sorted(set(options) - strategy.read)
+    if unknown:
+        raise ValueError(f"strategy.{unknown[0]}: not a param of {name}")
+    return strategy

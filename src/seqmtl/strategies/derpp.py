@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2.functional import to_dtype
 
+from seqmtl import config
 from seqmtl.model import eval_mode
 from seqmtl.strategies.base import Losses, StageContext, Strategy, register
 from seqmtl.tasks import Targets
@@ -37,7 +38,7 @@ class DERpp(Strategy):
 
     replays = True
 
-    def __init__(self, cfg: dict[str, Any], replay: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: dict[str, Any], replay: config.ReplayBuffer | None = None) -> None:
         super().__init__(cfg, replay)
         self.alpha = self.number("alpha")
         self.records: dict[str, tuple[Tensor, Tensor]] = {}
@@ -66,7 +67,7 @@ class DERpp(Strategy):
         for task in ctx.old_tasks:
             images, outputs = self.records[task]
             picks = torch.randint(
-                len(images), (self.replay["batch_size"],), generator=self.buffer.generator
+                len(images), (self.replay.batch_size,), generator=self.buffer.generator
             )
             x = to_dtype(images[picks], torch.float32, scale=True).to(ctx.device)
             prediction = ctx.model(x, tasks=(task,))[task].float()

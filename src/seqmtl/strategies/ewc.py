@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from seqmtl import config
 from seqmtl.model import eval_mode, shared_parameters
 from seqmtl.strategies.base import (
     Losses,
@@ -57,7 +58,7 @@ class EWC(Strategy):
     cfg: lambda (λ ≥ 0), gamma (in [0, 1]), replay (true: add the replay component).
     """
 
-    def __init__(self, cfg: dict[str, Any], replay: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: dict[str, Any], replay: config.ReplayBuffer | None = None) -> None:
         super().__init__(cfg, replay)
         self.weight = self.number("lambda")
         self.gamma = self.number("gamma", 0.0, 1.0)

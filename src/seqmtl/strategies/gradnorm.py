@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from seqmtl import config
 from seqmtl.distributed import average_
 from seqmtl.strategies.base import Losses, StageContext, Strategy, register, total
 
@@ -37,7 +38,7 @@ class GradNorm(Strategy):
 
     replays = True
 
-    def __init__(self, cfg: dict[str, Any], replay: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: dict[str, Any], replay: config.ReplayBuffer | None = None) -> None:
         super().__init__(cfg, replay)
         self.alpha = self.number("alpha")
         self.lr = self.number("lr", open_low=True)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqmtl import config
 from seqmtl.strategies.base import Losses, StageContext, Strategy, register
 from seqmtl.tasks import Targets
 
@@ -82,7 +83,7 @@ class LwF(Strategy):
     component).
     """
 
-    def __init__(self, cfg: dict[str, Any], replay: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: dict[str, Any], replay: config.ReplayBuffer | None = None) -> None:
         super().__init__(cfg, replay)
         self.weight = self.number("lambda")
         self.temperature = self.number("temperature", open_low=True)

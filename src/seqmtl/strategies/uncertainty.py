@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from seqmtl import config
 from seqmtl.strategies.base import Losses, StageContext, Strategy, register, total
 
 
@@ -33,7 +34,7 @@ class Uncertainty(Strategy):
 
     replays = True
 
-    def __init__(self, cfg: dict[str, Any], replay: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: dict[str, Any], replay: config.ReplayBuffer | None = None) -> None:
         super().__init__(cfg, replay)
         self.lr = self.number("lr", open_low=True)
         self.log_variances = nn.ParameterDict()
