@@ -28,6 +28,7 @@ def main() -> None:
         per_image=Path(f"data/val/{name}.json"),
         timing=Path(f"metrics/{name}_time.json"),
         plots=Path(f"plots/{name}"),
+        resume=Path(f"data/resume/{name}"),
     )
     train_stage(stage, params, paths, single_task=True)
 

@@ -26,6 +26,7 @@ def main() -> None:
         per_image=Path(f"data/val/stage{stage}.json"),
         timing=Path(f"metrics/stage{stage}_time.json"),
         plots=Path(f"plots/stage{stage}"),
+        resume=Path(f"data/resume/stage{stage}"),
     )
     train_stage(stage, params, paths)
 

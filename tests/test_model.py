@@ -112,9 +112,15 @@ def test_a_checkpoint_rebuilds_its_model_from_its_architecture_alone(
 
     model = unified() if members is None else IndependentModel({t: unified() for t in members})
     path = tmp_path / "stage.pt"
+    assert "frozen" not in architecture(model, config)  # nothing frozen, nothing recorded
+    if members:
+        model.freeze(["seg"])
     torch.save({"model": model.state_dict(), "architecture": architecture(model, config)}, path)
     loaded, _ = load_checkpoint(path)
     assert type(loaded) is type(model)
+    frozen = {n for n, p in loaded.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert bool(frozen) == bool(members)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         expected, got = model.eval()(x), loaded.eval()(x)

@@ -501,6 +501,8 @@ def test_derpp_frozen_trains_only_the_neck_and_head(stage1: Path, tiny_mini: Pat
         previous = paths.checkpoint
     start = torch.load(stage1, weights_only=True)["model"]
     model, checkpoint = load_checkpoint(previous)
+    assert checkpoint["architecture"]["frozen"] == ["trunk.backbone"]
+    assert not any(p.requires_grad for p in model.trunk.backbone.parameters())
     names = dict(model.named_parameters())
     backbone = [n for n in names if n.startswith("trunk.backbone.")]
     rest = [n for n in names if n not in backbone]

@@ -42,6 +42,15 @@ class Section:
             )
         return value
 
+    def as_dict(self) -> dict[str, Any]:
+        """The declared params as a mapping (nested sections as mappings)."""
+        values = {f.name: object.__getattribute__(self, f.name) for f in fields(self)}
+        return {
+            name: value.as_dict() if isinstance(value, Section) else value
+            for name, value in values.items()
+            if not isinstance(value, Undeclared)
+        }
+
     @classmethod
     def arrange(cls, data: dict[str, Any]) -> dict[str, Any]:
         """The section's fields from its params mapping (default: the mapping itself)."""

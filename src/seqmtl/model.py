@@ -165,28 +165,52 @@ class IndependentModel(nn.Module):
         return {t: self.members[t](x, tasks=(t,))[t] for t in tasks or tuple(self.members)}
 
 
+def frozen_modules(model: nn.Module) -> list[str]:
+    """The largest submodules of `model` whose parameters are all frozen (requires_grad False),
+    by name ("" for the whole model)."""
+    found: list[str] = []
+
+    def visit(name: str, module: nn.Module) -> None:
+        parameters = list(module.parameters())
+        if parameters and not any(p.requires_grad for p in parameters):
+            found.append(name)
+            return
+        for child, sub in module.named_children():
+            visit(f"{name}.{child}" if name else child, sub)
+
+    visit("", model)
+    return found
+
+
 def architecture(model: nn.Module, config: Model) -> dict[str, Any]:
     """What rebuilds `model` without its training strategy (`build_model`): the model params it
-    was built with, its class counts, and the tasks of its members where it has one trunk per task
-    (None: one shared trunk)."""
+    was built with, its class counts, the tasks of its members where it has one trunk per task
+    (None: one shared trunk), and, where a strategy froze parts of it, those parts (`frozen`)."""
     members = list(model.members) if isinstance(model, IndependentModel) else None
     keys = ("backbone", "channels", "head_layers", "batchnorm")
-    return {"num_classes": dict(model.num_classes), "members": members} | {
-        k: getattr(config, k) for k in keys
-    }
+    frozen = frozen_modules(model)
+    return (
+        {"num_classes": dict(model.num_classes), "members": members}
+        | {k: getattr(config, k) for k in keys}
+        | ({"frozen": frozen} if frozen else {})
+    )
 
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
     """The model an `architecture` record describes, freshly initialised (no pretrained weights
-    loaded: a checkpoint's state replaces them)."""
+    loaded: a checkpoint's state replaces them), its frozen parts frozen."""
 
     def unified() -> UnifiedModel:
         return UnifiedModel(arch["num_classes"], arch["backbone"], False, arch["channels"],
                             arch["head_layers"], arch["batchnorm"])  # fmt: skip
 
     if arch["members"] is None:
-        return unified()
-    return IndependentModel({task: unified() for task in arch["members"]})
+        model: nn.Module = unified()
+    else:
+        model = IndependentModel({task: unified() for task in arch["members"]})
+    for name in arch.get("frozen", []):
+        model.get_submodule(name).requires_grad_(False)
+    return model
 
 
 @contextlib.contextmanager

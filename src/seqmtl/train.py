@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -16,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from seqmtl import config
+from seqmtl import config, resume
 from seqmtl.checkpoints import model_factory
 from seqmtl.data import TASKS, TaskDataset, build_dataset, collate, task_image_sizes
 from seqmtl.distributed import average_, is_main, rank, setup, teardown, world_size
@@ -33,7 +35,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class StagePaths:
     """Where a stage reads and writes (`snapshots` None: no snapshots during training;
-    `per_image`: the final evaluation's per-image statistics, `Task.per_image` by task)."""
+    `per_image`: the final evaluation's per-image statistics, `Task.per_image` by task;
+    `resume`: where the stage keeps what resumes it after a stop, `seqmtl.resume`, None: never)."""
 
     mini: Path
     previous: Path | None
@@ -43,6 +46,7 @@ class StagePaths:
     per_image: Path
     timing: Path
     plots: Path
+    resume: Path | None = None
 
 
 def warmup_cosine(
@@ -210,7 +214,6 @@ def _train_stage(
                 "runs on CUDA only; use model.batchnorm: frozen or one process"
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    arch = architecture(model, params.model)
     model.to(device)
     seed_everything(seed + stage)
 
@@ -244,6 +247,7 @@ def _train_stage(
     )
     ctx = StageContext(model, tasks, task, seen[:-1], device, seed + stage, batch_size, train_data)
     strategy.before_stage(ctx)
+    arch = architecture(model, params.model)  # after the strategy froze what it freezes
 
     optimizer = build_optimizer(model, strategy, cfg.lr, train_cfg)
     max_norm = train_cfg.clip_grad_norm
@@ -254,10 +258,28 @@ def _train_stage(
     val_rows: list[dict[str, Any]] = []
     scores: dict[str, dict[str, float]] = {}
     train_time = data_time = 0.0
-    images_seen = 0
+    images_seen = done = 0
+    kept: list[Path] = []
+    if paths.resume is not None:
+        settings = json.dumps([params.as_dict(), single_task], sort_keys=True)
+        fingerprint = resume.fingerprint(name, settings, paths.previous, paths.mini)
+        if (saved := resume.load(paths.resume, fingerprint)) is not None:
+            state, kept = saved
+            done, ctx.step, ctx.history = state["epoch"], state["step"], state["history"]
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            strategy.load_resume_state(state["strategy"])
+            train_rows, val_rows, scores = state["rows"]
+            train_time, data_time, images_seen = state["time"]
+            resume.set_rng_state(state["rng"])
+            log.info("%s: resuming after epoch %d of %d (%s)", name, done, epochs, paths.resume)
     keep = atomic_dir(paths.snapshots) if paths.snapshots and is_main() else nullcontext(None)
     with keep as snapshots:
-        for epoch in (bar := tqdm(range(1, epochs + 1), desc=f"{name} {task}", unit="epoch")):
+        for old in kept if snapshots else []:
+            shutil.copy2(old, snapshots / old.name)
+        epoch_range = range(done + 1, epochs + 1)
+        for epoch in (bar := tqdm(epoch_range, desc=f"{name} {task}", unit="epoch")):
             sampler.set_epoch(epoch)
             for dataset in train_sets.values():
                 dataset.epoch = epoch
@@ -288,6 +310,17 @@ def _train_stage(
                      "strategy": strategy_name, "architecture": arch},
                     snapshots / f"epoch_{global_epoch:03d}.pt",
                 )  # fmt: skip
+            if paths.resume and is_main() and epoch % train_cfg.checkpoint_every == 0 and not last:
+                state = {
+                    "fingerprint": fingerprint, "epoch": epoch, "step": ctx.step,
+                    "history": ctx.history, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "strategy": strategy.resume_state(), "rows": (train_rows, val_rows, scores),
+                    "time": (train_time, data_time, images_seen), "rng": resume.rng_state(),
+                }  # fmt: skip
+                resume.save(
+                    paths.resume, state, sorted(snapshots.glob("*.pt")) if snapshots else []
+                )
     strategy.after_stage(ctx)
     if not is_main():
         return {}
@@ -323,6 +356,8 @@ def _train_stage(
     write_csv(paths.plots / "val.csv", val_rows)
     if ctx.history:
         write_csv(paths.plots / "strategy.csv", ctx.history)
+    if paths.resume is not None:
+        resume.clear(paths.resume)
     return metrics
 
 

@@ -4,7 +4,9 @@ A stage calls, in this order: `load_model` once (the model the stage trains, wit
 stage's weights), `before_stage(ctx)` once, then for every step `losses(ctx, images, targets)`
 and `backward(ctx, losses)` (the loop zeroes the gradients before and steps the optimiser after),
 then `after_stage(ctx)` once. `state_dict()` is saved with the stage's checkpoint and given back
-through `load_state_dict` to the next stage's strategy of the same name. Each strategy is one
+through `load_state_dict` to the next stage's strategy of the same name; `resume_state()` is
+saved with a stage's resume state and given back through `load_resume_state` after
+`before_stage` when a stopped stage resumes. Each strategy is one
 module of this package named as the strategy, its class registered with `@register`, its params
 beside its `name` in params.yaml's `strategy` section (defaults: conf/strategy/<name>.yaml).
 
@@ -180,6 +182,23 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` saved at the end of the previous stage."""
+
+    def resume_state(self) -> dict[str, Any]:
+        """What a stage changes in the strategy step by step and `before_stage` does not rebuild
+        (`seqmtl.resume`): the replay buffer's generator and the values of `parameters()`;
+        subclasses with more such state add theirs."""
+        return {
+            "buffer": None if self.replay is None else self.buffer.generator.get_state(),
+            "parameters": [p.detach().cpu().clone() for p in self.parameters()],
+        }
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        """Restore what `resume_state` saved, after `before_stage`."""
+        if state["buffer"] is not None:
+            self.buffer.generator.set_state(state["buffer"])
+        with torch.no_grad():
+            for parameter, saved in zip(self.parameters(), state["parameters"], strict=True):
+                parameter.copy_(saved)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}

@@ -44,9 +44,23 @@ class Cumulative(Strategy):
                 generator=torch.Generator().manual_seed(ctx.seed + 1 + k),
             )
             self.batches[task] = endless(loader)
+        self.drawn = 0
 
     def losses(self, ctx: StageContext, images: Tensor, targets: Targets) -> Losses:
         losses = super().losses(ctx, images, targets)
         for task in ctx.old_tasks:
             losses[task] = ctx.loss(task, *next(self.batches[task]))
+        self.drawn += 1
         return losses
+
+    def resume_state(self) -> dict[str, Any]:
+        return super().resume_state() | {"drawn": self.drawn}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        """Draw again, unused, the old tasks' batches drawn before the stop (data loading only):
+        the loaders' shuffling and augmentation then continue where they stopped."""
+        super().load_resume_state(state)
+        for _ in range(state["drawn"]):
+            for batches in self.batches.values():
+                next(batches)
+        self.drawn = state["drawn"]

@@ -49,6 +49,31 @@ class GradNorm(Strategy):
     def before_stage(self, ctx: StageContext) -> None:
         super().before_stage(ctx)
         self.weights = None
+        self.device = ctx.device
+
+    def resume_state(self) -> dict[str, Any]:
+        started = self.weights is not None
+        return super().resume_state() | {
+            "gradnorm": {
+                "weights": self.weights.detach().cpu(),
+                "optimizer": self.optimizer.state_dict(),
+                "initial": self.initial.cpu(),
+                "averaged": self.averaged,
+            }
+            if started
+            else None
+        }
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        super().load_resume_state(state)
+        saved = state["gradnorm"]
+        if saved is None:
+            return
+        self.weights = saved["weights"].to(self.device).requires_grad_()
+        self.optimizer = torch.optim.Adam([self.weights], lr=self.lr)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.initial = saved["initial"].to(self.device)
+        self.averaged = saved["averaged"]
 
     def start(self, ctx: StageContext, names: list[str], losses: Tensor) -> None:
         """Initial weights (1 for the new task, `old_weight` for the others, summing to the

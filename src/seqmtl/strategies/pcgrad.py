@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -41,6 +43,13 @@ class PCGrad(Strategy):
     def before_stage(self, ctx: StageContext) -> None:
         super().before_stage(ctx)
         self.generator = torch.Generator().manual_seed(ctx.seed)
+
+    def resume_state(self) -> dict[str, Any]:
+        return super().resume_state() | {"order": self.generator.get_state()}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        super().load_resume_state(state)
+        self.generator.set_state(state["order"])
 
     def backward(self, ctx: StageContext, losses: Losses) -> None:
         names = list(losses)
