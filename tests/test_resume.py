@@ -48,6 +48,7 @@ def finish(process: subprocess.Popen) -> str:
     return stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["gradnorm", "cumulative"])
 def test_a_killed_stage_resumes_to_the_bytes_of_an_uninterrupted_run(
     tiny_mini: Path, tmp_path: Path, strategy: str

@@ -1,0 +1,61 @@
+"""The front door cannot rot: README.md's make targets, `seqmtl` tools, `-S` overrides and links
+all exist, and it stays within 200 lines."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import REPO
+from seqmtl.cli import TOOLS
+from seqmtl.config import compose
+
+README = (REPO / "README.md").read_text()
+
+
+def code() -> list[str]:
+    """The README's fenced blocks and inline code spans: where its commands are."""
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", README, re.M | re.S)
+    prose = re.sub(r"^```.*?^```", "", README, flags=re.M | re.S)
+    return blocks + re.findall(r"`([^`\n]+)`", prose)
+
+
+def test_it_is_short() -> None:
+    assert len(README.splitlines()) <= 200
+
+
+def test_every_make_target_exists() -> None:
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (REPO / "Makefile").read_text(), re.M))
+    used = set(re.findall(r"\bmake ([a-z][a-z-]*)", "\n".join(code())))
+    assert used and used <= targets, used - targets
+
+
+def test_every_seqmtl_tool_exists() -> None:
+    used = set(re.findall(r"\bseqmtl ([a-z]+)\b", "\n".join(code())))
+    assert used and used <= set(TOOLS), used - set(TOOLS)
+
+
+def test_every_link_points_at_a_file() -> None:
+    links = [link.split("#")[0] for link in re.findall(r"\]\(([^)\s]+)\)", README)]
+    local = [link for link in links if link and "://" not in link]
+    assert local
+    assert [link for link in local if not (REPO / link).exists()] == []
+
+
+def overrides() -> list[list[str]]:
+    """The -S overrides of each `dvc exp run` command line of the README (placeholders `…`
+    left out, a sweep's comma list cut to its first choice)."""
+    lines = [line for line in README.splitlines() if "dvc exp run" in line]
+    found = []
+    for line in lines:
+        values = [v.strip("'\"") for v in re.findall(r"-S (\S+)", line.split("#")[0])]
+        kept = [v.split(",")[0] for v in values if "…" not in v]
+        if kept:
+            found.append(kept)
+    return found
+
+
+@pytest.mark.parametrize("line", overrides(), ids=" ".join)
+def test_every_dvc_exp_run_override_composes(line: list[str]) -> None:
+    compose(line, REPO / "conf")
