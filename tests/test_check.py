@@ -110,8 +110,11 @@ def test_a_tolerance_copy_has_the_params_set_and_no_metrics(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-S", "seed=1"], "need an --out other than metrics/tolerance.json"),
-        (["--target", "stage1_seg", "--out", "metrics/tolerance.json"], "need an --out other"),
+        (["-S", "seed=1"], "need an --out other than results/tolerances/tolerance.json"),
+        (
+            ["--target", "stage1_seg", "--out", "results/tolerances/tolerance.json"],
+            "need an --out other",
+        ),
         (["-S", "stage9.lr=1", "--out", "x.json"], "-S stage9.lr=1: Could not override"),
     ],
 )

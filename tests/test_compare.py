@@ -237,10 +237,11 @@ def test_command_writes_table_json_and_plot(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["compare", "--input", "show.json", "--name", "cmp"])
     main()
-    saved = json.loads((tmp_path / "metrics" / "cmp.json").read_text())
+    out = tmp_path / "results" / "comparisons"
+    saved = json.loads((out / "cmp.json").read_text())
     assert set(saved["strategies"]) == {"naive", "replay", "lwf"} and saved["fixed"] == {}
-    assert (tmp_path / "metrics" / "cmp.md").read_text().startswith("# Strategy comparison")
-    assert (tmp_path / "plots" / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "cmp.md").read_text().startswith("# Strategy comparison")
+    assert (out / "cmp.png").read_bytes()[:4] == b"\x89PNG"
     monkeypatch.setattr("sys.argv", ["compare", "--input", "show.json", "-S", "stage3.epochs=99"])
     with pytest.raises(SystemExit, match="no finished run matches"):
         main()

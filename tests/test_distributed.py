@@ -15,7 +15,7 @@ from torch.utils.data import DistributedSampler
 from conftest import REPO, tiny_params
 from seqmtl.data import build_dataset
 
-TOLERANCE = json.loads((REPO / "metrics" / "tolerance.json").read_text())["metrics"]
+TOLERANCE = json.loads((REPO / "results" / "tolerances" / "tolerance.json").read_text())["metrics"]
 
 
 def stage(

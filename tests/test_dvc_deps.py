@@ -3,6 +3,7 @@ strategy's params where a stage trains with it."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import dvc.api
@@ -89,3 +90,39 @@ def test_stage_strategy_follows_outputs() -> None:
         "fourth": {"cmd": "python d.py", "deps": ["m.json"]},
     }
     assert [stage_strategy(name, stages) for name in stages] == ["naive", None, None, None]
+
+
+def declared_outputs(pipeline: dict) -> set[str]:
+    """Every path dvc.yaml declares as a stage's output (outs, metrics, plots) or lists in its
+    top-level `metrics:` and `plots:`."""
+    found = set(pipeline.get("metrics", []))
+    for spec in pipeline["stages"].values():
+        found |= set(paths(spec.get("outs", []) + spec.get("metrics", []) + spec.get("plots", [])))
+    for plot in pipeline.get("plots", []):
+        for spec in plot.values() if isinstance(plot, dict) else [{plot: None}]:
+            found |= set(spec.get("y", {}) if isinstance(spec, dict) and "y" in spec else spec)
+    return found
+
+
+# metrics/report.md holds the run's timings beside its metrics, so it cannot be a deterministic
+# output; evaluate writes it undeclared, as dvc.yaml's comment above the stage says.
+UNDECLARED = {"metrics/report.md"}
+
+
+def test_metrics_and_plots_hold_only_what_the_pipeline_writes() -> None:
+    """Archived runs, comparisons, benchmarks and tolerances live under results/."""
+    declared = declared_outputs(yaml.safe_load((REPO / "dvc.yaml").read_text()))
+    tracked = subprocess.run(
+        ["git", "ls-files", "metrics", "plots"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert tracked
+    stray = [
+        path for path in tracked
+        if path not in UNDECLARED
+        and not any(path == d or path.startswith(d.rstrip("/") + "/") for d in declared)
+    ]  # fmt: skip
+    assert stray == []

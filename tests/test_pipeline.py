@@ -123,10 +123,13 @@ def test_queued_sweep_comparison_and_export(repo: Path) -> None:
     column = shown[0].split(",").index("profile")  # every run records its profile
     assert {row.split(",")[column] for row in shown[1:]} == {"synthetic"}
     output = run(repo, sys.executable, "-m", "seqmtl.compare", "--name", "sweep")
-    comparison = json.loads((repo / "metrics" / "sweep.json").read_text())
+    comparison = json.loads((repo / "results" / "comparisons" / "sweep.json").read_text())
     assert sorted(comparison["strategies"]) == ["naive", "replay"]
     assert all(2 in s["seeds"] for s in comparison["strategies"].values())
-    assert "| seg | naive - replay |" in output and (repo / "plots" / "sweep.png").is_file()
+    assert (
+        "| seg | naive - replay |" in output
+        and (repo / "results" / "comparisons" / "sweep.png").is_file()
+    )
 
     # The replay run kept in the repository: the files, figures and report `dvc exp apply` puts
     # in the workspace, the report's figure links resolving from its new folder.

@@ -16,7 +16,7 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 # The same machine type gives byte-identical metrics; another CPU (other SIMD kernels, other
-# rounding) moves them within the tolerances measured in metrics/tolerance.json
+# rounding) moves them within the tolerances measured in results/tolerances/tolerance.json
 # (docs/measurements.md, "Reproducibility"), which the check applies by default.
 
 

@@ -1,6 +1,6 @@
 """Benchmark: inference and training speed per backbone, timed so that machine noise cancels.
 
-    python -m seqmtl.bench [--backbones ...] [--rounds 30] [--out metrics/benchmark.json]
+    python -m seqmtl.bench [--backbones ...] [--rounds 30] [--out results/benchmarks/benchmark.json]
 
 What is compared is timed interleaved in one process: every round runs each variant once, in an
 order rotated by one each round, so a slow spell of a shared machine hits every variant alike.

@@ -8,13 +8,13 @@ In a DVC repository (the working directory) it runs `dvc repro`, then fails when
 - a checked metric (`CHECKED`: the primary metric of every stage and reference, the forgetting
   matrix, drops, verdicts, forgetting and BWT, the BatchNorm drift) differs from the base
   revision's by more than its tolerance, or appeared or disappeared.
-Tolerances come from metrics/tolerance.json, measured by `python -m seqmtl.tolerance` (the
-default pipeline under perturbed rounding): a number may move by its `tolerance`; a verdict
+Tolerances come from results/tolerances/tolerance.json, measured by `python -m seqmtl.tolerance`
+(the default pipeline under perturbed rounding): a number may move by its `tolerance`; a verdict
 measured "stable" must match, one that "varies" is shown only; a checked metric with no
 measurement must match exactly. Everything else is shown, never compared: the timing files
 (`TIMING`) measure the machine; secondary metrics (precision, per-class AP, ...) follow the
 primary ones; the gradient statistics (`GRADIENTS`) are noisy estimates whose spread under the
-same perturbations metrics/tolerance.json records on a log scale.
+same perturbations results/tolerances/tolerance.json records on a log scale.
 `--exact` (one machine, the same bytes) requires every metric, timing files aside, to equal the
 digits stored, and dvc.lock to equal the base revision's. `dvc metrics diff` against the base,
 as markdown, goes to `--summary` (for example $GITHUB_STEP_SUMMARY) and to stdout. Exit status
@@ -54,7 +54,7 @@ CHECKED = {
         "batchnorm.tasks.*.*",
     ),
 }
-TOLERANCES = Path("metrics/tolerance.json")
+TOLERANCES = Path("results/tolerances/tolerance.json")
 ALWAYS_RUN = ("sources",)  # dvc.yaml's always_changed stages: they run on every `dvc repro`
 
 
@@ -129,7 +129,7 @@ def metric_differences(
     diff: dict[str, dict[str, Any]], tolerances: dict[str, Any] | None
 ) -> list[str]:
     """Failures in a `dvc metrics diff --json` result. With `tolerances` (the `metrics` of
-    metrics/tolerance.json): the checked metrics, each against its measurement; without
+    results/tolerances/tolerance.json): the checked metrics, each against its measurement; without
     (exact): every metric but the timing files'. A metric that appeared or disappeared fails."""
     failures = []
     for path, metrics in sorted(diff.items()):

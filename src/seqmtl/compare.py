@@ -11,8 +11,8 @@ archives were read from, a machine's path) and the keys given with `-S` (which i
 `strategy.KEY` binds only the runs whose strategy has KEY), so runs of another configuration
 (real data, other epochs, a tuned strategy) never mix in; one run per (strategy, seed),
 preferring one that timed its own stages 2 and 3 (a run whose stages DVC restored from its run
-cache has no training time of its own). Writes metrics/<name>.json, metrics/<name>.md (table)
-and plots/<name>.png:
+cache has no training time of its own). Writes results/comparisons/<name>.json, <name>.md (the
+table) and <name>.png:
 
 - per task, over seeds: mean ± sample std of its single-task reference (`tasks.<task>.reference`);
 - per strategy and task, over seeds: mean ± sample std (n - 1) of the final metric and of its
@@ -53,6 +53,7 @@ from seqmtl.strategies import strategy_names
 ALPHA = 0.05
 VERDICTS = ("pass", "undecided", "fail", "not learned")
 VARIED = ("strategy.name", "seed", "data.mirror")
+COMPARISONS = Path("results/comparisons")
 
 Run = dict[str, Any]
 
@@ -444,10 +445,11 @@ def main() -> None:
     if not runs:
         raise SystemExit("no finished run matches; see `dvc exp show` and the -S filters")
     comparison = aggregate(runs) | {"fixed": fixed}
-    write_json(Path("metrics") / f"{args.name}.json", comparison)
-    with atomic_file(Path("metrics") / f"{args.name}.md") as handle:
+    out = COMPARISONS / args.name
+    write_json(out.with_suffix(".json"), comparison)
+    with atomic_file(out.with_suffix(".md")) as handle:
         handle.write(render(comparison, args.name, fixed))
-    plot(comparison, Path("plots") / f"{args.name}.png")
+    plot(comparison, out.with_suffix(".png"))
     print(render(comparison, args.name, fixed))
 
 

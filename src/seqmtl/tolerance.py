@@ -11,16 +11,16 @@ ONEDNN_MAX_CPU_ISA, as on a CPU without AVX-512, or without SIMD at all). For ea
 working tree is copied to a temporary folder and `dvc repro` runs there from scratch; then the
 checked metrics (`seqmtl.check.CHECKED`) of every run are compared.
 
-metrics/tolerance.json gets, per checked metric (`<file>:<key>`), the value of each run, the
-spread (max - min) and the tolerance = max(margin x spread, 1e-6), which the reproduction check
-uses; a metric that is not a number (a verdict) is "stable" when every run gave the same value,
-else "varies" (then shown, never compared). The gradient statistics are recorded too, with their
-spread as log10(max / min), but not compared (see `seqmtl.check`).
+results/tolerances/tolerance.json gets, per checked metric (`<file>:<key>`), the value of each
+run, the spread (max - min) and the tolerance = max(margin x spread, 1e-6), which the
+reproduction check uses; a metric that is not a number (a verdict) is "stable" when every run
+gave the same value, else "varies" (then shown, never compared). The gradient statistics are
+recorded too, with their spread as log10(max / min), but not compared (see `seqmtl.check`).
 
 `-S` sets params in the copies as `dvc exp run -S` does (e.g. the real-data profile) and
 `--target` reproduces only those stages and what they depend on; either measures something other
-than the default pipeline, so it needs an `--out` other than metrics/tolerance.json, which the
-reproduction check reads.
+than the default pipeline, so it needs an `--out` other than results/tolerances/tolerance.json,
+which the reproduction check reads.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ PERTURBATIONS: dict[str, dict[str, str]] = {
     "no-simd": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
 }
 FLOOR = 1e-6  # one unit of the 6 decimals the metrics are stored with
-DEFAULT_OUT = Path("metrics/tolerance.json")
+DEFAULT_OUT = Path("results/tolerances/tolerance.json")
 
 
 def copy_tree(target: Path, assignments: list[str]) -> None:
