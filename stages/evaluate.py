@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from seqmtl.bootstrap import drop_interval, image_count, resamples, task_scorer
+from seqmtl.bootstrap import drop_interval, image_count, once_per_draw, resamples, task_scorer
 from seqmtl.checkpoints import load_checkpoint
 from seqmtl.config import Evaluate, load_config
 from seqmtl.data import TASKS, build_dataset, collate, task_image_sizes
@@ -63,6 +63,7 @@ def intervals(
         gt = mini / "det" / "annotations" / "instances_val.json" if task == "det" else None
         runs = {"baseline": names[j], "final": names[-1], "reference": references[task]}
         score = {k: task_scorer(task, per_image[name][task], gt) for k, name in runs.items()}
+        score["final"] = once_per_draw(score["final"])  # scored against baseline and reference
         count = boot.det_resamples if task == "det" else boot.resamples
         draws = resamples(image_count(per_image[names[-1]][task]), count, seed + j)
         result[task] = {

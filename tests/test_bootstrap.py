@@ -16,6 +16,7 @@ from seqmtl.bootstrap import (
     drop_interval,
     map50_scorer,
     miou_scorer,
+    once_per_draw,
     resamples,
     top1_scorer,
 )
@@ -137,3 +138,17 @@ def test_map50_at_the_identity_resample_is_cocoevals() -> None:
     assert score(np.array([0])) == pytest.approx(
         coco_detection_metrics(single, alone, 0.5)["map50"], abs=1e-12
     )
+
+
+def test_a_model_scored_against_two_others_is_scored_once_per_draw() -> None:
+    calls: list[bytes] = []
+
+    def counted(draw: np.ndarray) -> float:
+        calls.append(draw.tobytes())
+        return float(draw.mean())
+
+    draws = resamples(10, 50, seed=0)
+    score = once_per_draw(counted)
+    first = [score(d) for d in draws]
+    assert [score(d) for d in draws] == first == [float(d.mean()) for d in draws]
+    assert len(calls) == len({d.tobytes() for d in draws})

@@ -92,6 +92,19 @@ def map50_scorer(gt: COCO, detections: list[dict[str, Any]], image_ids: list[int
     return score
 
 
+def once_per_draw(scorer: Scorer) -> Scorer:
+    """`scorer`, scoring each distinct draw once (a model scored against several others)."""
+    scores: dict[bytes, float] = {}
+
+    def score(draw: np.ndarray) -> float:
+        key = draw.tobytes()
+        if key not in scores:
+            scores[key] = scorer(draw)
+        return scores[key]
+
+    return score
+
+
 def drop_interval(
     baseline: Scorer,
     final: Scorer,

@@ -17,6 +17,7 @@ decoding are sqrt(sigmoid(class) x sigmoid(centerness)); NMS runs over all level
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -62,8 +63,10 @@ def locations(height: int, width: int, stride: int, device: torch.device) -> Ten
     return (torch.stack([xs, ys], -1).reshape(-1, 2).float() + 0.5) * stride
 
 
+@functools.lru_cache(maxsize=16)
 def pyramid_points(size: int, device: torch.device, levels: tuple[Level, ...] = PYRAMID) -> Points:
-    """The locations of an S x S input's levels (S a multiple of every stride), in output order."""
+    """The locations of an S x S input's levels (S a multiple of every stride), in output order;
+    built once per (size, device, levels) and shared: read them, never write them."""
     xy = [locations(size // lv.stride, size // lv.stride, lv.stride, device) for lv in levels]
     per_level = [torch.ones(len(p), device=device) for p in xy]
     return Points(
