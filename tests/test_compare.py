@@ -20,8 +20,9 @@ BASE = {"seed": 0, "strategy": "naive", "data": {"source": "synthetic"}, "stage3
 
 
 def base(strategy: str, **options: object) -> dict:
-    """The params a run of `strategy` must have to count (today's layout)."""
-    return current(BASE) | {"strategy": {"name": strategy, **options}}
+    """The params a run of `strategy` (with `options` of its parts) must have to count (today's
+    layout)."""
+    return current(BASE | {"strategy": {"name": strategy, **options}})
 
 
 def task_entry(final: float, baseline: float, reference: float = 0.8) -> dict:
@@ -136,10 +137,10 @@ def test_old_runs_read_in_today_s_layout() -> None:
     stage of it read them) are dropped, so they do not split a sweep; its own section does."""
     runs = with_lwf_sections()
     lwf = next(r for r in runs if r["name"] == "lwf0")["params"]
-    assert lwf["strategy"] == {"name": "lwf", "lambda": 10.0} and "lwf" not in lwf
-    assert next(r for r in runs if r["name"] == "replay0")["params"]["strategy"] == {
-        "name": "replay"
-    }
+    assert lwf["strategy"] == compose(["strategy=lwf", "strategy.terms.lwf.lambda=10"])["strategy"]
+    assert "lwf" not in lwf
+    replay = next(r for r in runs if r["name"] == "replay0")["params"]["strategy"]
+    assert replay == compose(["strategy=replay"])["strategy"]
 
     def default(strategy: str) -> dict:
         return base(strategy, **({"lambda": 1.0} if strategy == "lwf" else {}))
@@ -150,16 +151,16 @@ def test_old_runs_read_in_today_s_layout() -> None:
 
 
 def test_a_strategy_s_fixed_param_binds_only_its_runs() -> None:
-    """`-S strategy.lambda=…` selects the lwf runs with that value and keeps the other
-    strategies' (which have no lambda)."""
+    """`-S strategy.terms.lwf.lambda=…` selects the lwf runs with that value and keeps the other
+    strategies' (which have no lwf term)."""
     runs = with_lwf_sections()
 
     def default(strategy: str) -> dict:
         return base(strategy, **({"lambda": 1.0} if strategy == "lwf" else {}))
 
-    tuned = {r["name"] for r in select(runs, default, {"strategy.lambda": 10.0})}
+    tuned = {r["name"] for r in select(runs, default, {"strategy.terms.lwf.lambda": 10.0})}
     assert {"lwf0", "lwf1", "lwf2", "replay0", "replay1", "replay2", "naive1"} <= tuned
-    untuned = {r["name"] for r in select(runs, default, {"strategy.lambda": 1.0})}
+    untuned = {r["name"] for r in select(runs, default, {"strategy.terms.lwf.lambda": 1.0})}
     assert "replay0" in untuned and not {n for n in untuned if n.startswith("lwf")}
 
 

@@ -10,8 +10,8 @@ import yaml
 
 from conftest import REPO, merge
 from seqmtl.check import flatten
-from seqmtl.config import compose, declared, load_config, parse
-from seqmtl.strategies import build_strategy, strategy_names
+from seqmtl.config import compose, declared, load_config, parse, presets
+from seqmtl.strategies import build_strategy
 
 CONF = REPO / "conf"
 
@@ -49,22 +49,28 @@ def test_bad_overrides_name_themselves(override: str, message: str) -> None:
         compose([override], CONF)
 
 
-def test_every_strategy_has_its_conf_file_and_every_preset_builds() -> None:
-    presets = sorted(path.stem for path in (CONF / "strategy").glob("*.yaml"))
-    assert presets == strategy_names()
-    for name in presets:
+def test_every_preset_builds_under_its_name() -> None:
+    names = presets(CONF)
+    assert {"naive", "replay", "derpp", "derpp_frozen", "ewc", "lwf", "gradnorm", "pcgrad",
+            "uncertainty", "cumulative", "independent"} == set(names)  # fmt: skip
+    for name in names:
         params = parse(compose([f"strategy={name}"], CONF))
         assert build_strategy(params.strategy, params.replay_buffer).name == name
 
 
-def test_a_strategy_and_its_params_are_overrides() -> None:
-    params = compose(["profile=real", "strategy=ewc", "strategy.lambda=1e5"], CONF)
-    assert params["strategy"] == {"name": "ewc", "lambda": 1e5, "gamma": 1.0, "replay": False}
+def test_a_strategy_its_parts_and_their_params_are_overrides() -> None:
+    params = compose(["profile=real", "strategy=ewc", "strategy.terms.ewc.lambda=1e5"], CONF)
+    assert params["strategy"] == {"name": "ewc", "freeze": {}, "trunk": "shared",
+                                  "terms": {"ewc": {"lambda": 1e5, "gamma": 1.0}},
+                                  "rule": {"name": "sum"}}  # fmt: skip
     assert params["profile"] == "real"
+    mixed = compose(["strategy=ewc", "strategy/terms=[replay,ewc]", "strategy/rule=gradnorm"], CONF)
+    assert list(mixed["strategy"]["terms"]) == ["replay", "ewc"]
+    assert mixed["strategy"]["rule"] == compose(["strategy=gradnorm"], CONF)["strategy"]["rule"]
     with pytest.raises(ValueError, match=r"-S strategy=nope: .*Could not find 'strategy/nope'"):
         compose(["strategy=nope"], CONF)
-    with pytest.raises(ValueError, match=r"Could not override 'strategy\.alpha'"):
-        compose(["strategy=ewc", "strategy.alpha=1"], CONF)
+    with pytest.raises(ValueError, match=r"Could not override 'strategy\.terms\.ewc\.alpha'"):
+        compose(["strategy=ewc", "strategy.terms.ewc.alpha=1"], CONF)
 
 
 @pytest.mark.parametrize("profile", ["synthetic", "real", "full"])

@@ -60,8 +60,10 @@ def _project(root: Path) -> None:
         "src/seqmtl/unused.py": "",
         "src/seqmtl/strategies/__init__.py": "from seqmtl.strategies.base import build\n",
         "src/seqmtl/strategies/base.py": "def build():\n    pass\n",
-        "src/seqmtl/strategies/naive.py": "from seqmtl.strategies.base import build\n",
-        "src/seqmtl/strategies/replay.py": "from seqmtl import unused\n",
+        "src/seqmtl/strategies/rules/__init__.py": "",
+        "src/seqmtl/strategies/rules/sum.py": "from seqmtl.strategies.base import build\n",
+        "src/seqmtl/strategies/terms/__init__.py": "",
+        "src/seqmtl/strategies/terms/replay.py": "from seqmtl import unused\n",
     }
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +76,7 @@ def test_code_deps_closure_and_strategy_rule(tmp_path: Path) -> None:
     assert code_deps(Path("stages/run.py"), None, tmp_path) == sorted(
         [*common, "src/seqmtl/strategies", "stages/run.py"]
     )
-    strategies = ["__init__.py", "base.py", "naive.py"]
+    strategies = ["__init__.py", "base.py", "rules/__init__.py", "rules/sum.py"]
     assert code_deps(Path("stages/run.py"), "naive", tmp_path) == sorted(
         [*common, *(f"src/seqmtl/strategies/{s}" for s in strategies), "stages/run.py"]
     )

@@ -3,7 +3,9 @@ all exist, and it stays within 200 lines."""
 
 from __future__ import annotations
 
+import itertools
 import re
+import shlex
 
 import pytest
 
@@ -45,12 +47,14 @@ def test_every_link_points_at_a_file() -> None:
 
 def overrides() -> list[list[str]]:
     """The -S overrides of each `dvc exp run` command line of the README (placeholders `…`
-    left out, a sweep's comma list cut to its first choice)."""
+    left out, a sweep's comma list, outside brackets, cut to its first choice)."""
     lines = [line for line in README.splitlines() if "dvc exp run" in line]
     found = []
     for line in lines:
-        values = [v.strip("'\"") for v in re.findall(r"-S (\S+)", line.split("#")[0])]
-        kept = [v.split(",")[0] for v in values if "…" not in v]
+        command = line[line.index("dvc exp run") :].split(" #")[0].split("`")[0]
+        words = shlex.split(command)
+        values = [v for flag, v in itertools.pairwise(words) if flag == "-S"]
+        kept = [re.split(r",(?![^\[]*\])", v)[0] for v in values if "…" not in v]
         if kept:
             found.append(kept)
     return found

@@ -15,13 +15,12 @@ from torch import Tensor, nn
 
 from conftest import REPO, merge
 from seqmtl.checkpoints import load_checkpoint
-from seqmtl.config import Config, ReplayBuffer, compose, parse
-from seqmtl.config import Strategy as StrategyParams
+from seqmtl.config import Config, ReplayBuffer, compose, parse, presets
 from seqmtl.data import TaskDataset, build_dataset, class_names, collate
 from seqmtl.model import UnifiedModel, build_model, shared_parameters
-from seqmtl.strategies import StageContext, build_strategy, strategy_names, total
-from seqmtl.strategies.ewc import empirical_fisher
-from seqmtl.strategies.pcgrad import project_conflicting
+from seqmtl.strategies import StageContext, Strategy, build_strategy, total
+from seqmtl.strategies.rules.pcgrad import project_conflicting
+from seqmtl.strategies.terms.ewc import empirical_fisher
 from seqmtl.tasks import Targets, build_tasks
 from seqmtl.train import StagePaths, build_optimizer, train_stage
 
@@ -55,11 +54,11 @@ def small_params(*overrides: str, **change: Any) -> Config:
     return parse(merge(merge(compose(list(overrides), REPO / "conf"), SMALL), change))
 
 
-def make_strategy(
-    name: str, options: dict[str, Any] | None = None, replay: dict = ONE_SAMPLE
-) -> Any:
-    """The strategy `name` with `options` and a replay buffer of `replay`'s settings."""
-    return build_strategy(StrategyParams(name, options or {}), ReplayBuffer(**replay))
+def make_strategy(*overrides: str, replay: dict = ONE_SAMPLE) -> Strategy:
+    """The strategy of `overrides` (as `dvc exp run -S`: "strategy=gradnorm",
+    "strategy.rule.lr=0.05", …) with a replay buffer of `replay`'s settings."""
+    section = parse(compose(list(overrides), REPO / "conf")).strategy
+    return build_strategy(section, ReplayBuffer(**replay))
 
 
 def small_model(mini: Path) -> UnifiedModel:
@@ -111,8 +110,8 @@ def train_two_losses(name: str, steps: int = 200) -> tuple[StageContext, Tensor]
     model = TwoHeads()
     x = torch.randn(256, 8)
     ys = [x @ torch.randn(8, 1), x @ torch.randn(8, 1)]
-    cfg = {"alpha": 1.5, "lr": 0.05, "old_weight": 1.0, "initial_steps": 5}
-    strategy = make_strategy(name, cfg if name == "gradnorm" else {})
+    tuned = ["strategy.rule.lr=0.05", "strategy.rule.initial_steps=5"]
+    rule = make_strategy(f"strategy={name}", *(tuned if name == "gradnorm" else [])).rule
     ctx = StageContext(model, {}, "det", ["seg"], torch.device("cpu"), 0, 256, no_data)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
 
@@ -129,8 +128,9 @@ def train_two_losses(name: str, steps: int = 200) -> tuple[StageContext, Tensor]
     initial = values(losses())
     for _ in range(steps):
         optimizer.zero_grad()
-        strategy.backward(ctx, losses())
+        rule.backward(ctx, losses(), {"det": 1.0, "seg": 1.0})
         optimizer.step()
+        rule.step()
         ctx.step += 1
     return ctx, values(losses()) / initial
 
@@ -151,8 +151,7 @@ def test_gradnorm_moves_weights_toward_equal_training_rates() -> None:
 
 
 def test_gradnorm_initial_losses_average_the_first_steps() -> None:
-    cfg = {"alpha": 1.5, "lr": 0.05, "old_weight": 1.0, "initial_steps": 3}
-    strategy = make_strategy("gradnorm", cfg)
+    rule = make_strategy("strategy=gradnorm", "strategy.rule.initial_steps=3").rule
     model = TwoHeads()
     ctx = StageContext(model, {}, "det", ["seg"], torch.device("cpu"), 0, 8, no_data)
     for value in (2.0, 4.0, 9.0, 100.0):
@@ -161,48 +160,82 @@ def test_gradnorm_initial_losses_average_the_first_steps() -> None:
             t: {"l": o.sum() * 0 + value * k}
             for k, (t, o) in enumerate(zip(("det", "seg"), out, strict=True), 1)
         }
-        strategy.backward(ctx, losses)
-    assert strategy.initial.tolist() == pytest.approx([5.0, 10.0])
+        rule.backward(ctx, losses, {})
+        rule.step()
+    assert rule.initial.tolist() == pytest.approx([5.0, 10.0])
 
 
-# --- replay as a component ---
+def test_gradnorm_weights_move_only_with_the_model_update() -> None:
+    """A backward pass whose step the loop does not take (a non-finite loss, …) leaves the
+    weights where they were; `step` moves them."""
+    rule = make_strategy("strategy=gradnorm", "strategy.rule.lr=0.05").rule
+    model = TwoHeads()
+    ctx = StageContext(model, {}, "det", ["seg"], torch.device("cpu"), 0, 8, no_data)
+    out = model(torch.randn(4, 8))
+    losses = {"det": {"l": out[0].square().mean()}, "seg": {"l": 9 * out[1].abs().mean()}}
+    rule.backward(ctx, losses, {})
+    before = rule.weights.detach().clone()
+    assert rule.weights.grad is not None and rule.weights.grad.abs().sum() > 0
+    torch.testing.assert_close(rule.weights.detach(), before, rtol=0, atol=0)
+    rule.step()
+    assert not torch.equal(rule.weights.detach(), before)
+    assert rule.weights.sum().item() == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize(("name", "own"), [("replay", None), ("ewc", "ewc"), ("lwf", "lwf")])
-def test_replay_composes_with_other_strategies(tiny_mini: Path, name: str, own: str | None) -> None:
-    """ewc + replay and lwf + replay are configurations: the replayed old task's loss joins the
-    strategy's own term, weighted by replay_buffer.weight in the update."""
-    params = small_params(f"strategy={name}", replay_buffer={"per_task": 3, "weight": 0.5})
-    options = params.strategy.options | ({"replay": True} if own else {})
-    strategy = build_strategy(StrategyParams(name, options), params.replay_buffer)
-    ctx = context(small_model(tiny_mini), tiny_mini, "det", ["seg"])
-    strategy.before_stage(ctx)
-    assert len(strategy.buffer.items["seg"][1]) == 3
-    images, targets = collate([ctx.train_data("det")[i] for i in range(4)])
-    losses = strategy.losses(ctx, images, targets)
-    assert set(losses) == {"det", "seg"} | ({own} if own else set())
-    assert strategy.term_weight(ctx, "seg") == 0.5 and strategy.term_weight(ctx, "det") == 1.0
-    without = build_strategy(params.strategy, params.replay_buffer) if own else None
-    if without is not None:
-        without.before_stage(ctx)
-        assert "seg" not in without.losses(ctx, images, targets)
+# --- parts that compose ---
 
 
 @pytest.mark.parametrize(
-    ("name", "section", "message"),
+    ("overrides", "keys"),
     [
-        ("naive", {"replay": True}, r"^strategy\.replay: naive never replays"),
-        ("gradnorm", {"replay": False}, r"^strategy\.replay: gradnorm always replays"),
-        ("ewc", {"replay": "yes"}, r"^strategy\.replay must be true or false"),
-        ("ewc", {"lamda": 1.0}, r"^strategy\.lamda: not a param of ewc"),
+        (["strategy=replay"], {"det", "seg"}),
+        (["strategy=ewc", "strategy/terms=[replay,ewc]"], {"det", "seg", "ewc"}),
+        (["strategy=lwf", "strategy/terms=[replay,lwf]"], {"det", "seg", "lwf"}),
+        (["strategy=derpp", "strategy/terms=[derpp]"], {"det", "derpp"}),
     ],
 )
-def test_replay_flags_and_unknown_options_are_checked(
-    name: str, section: dict, message: str
+def test_terms_add_their_entries_at_their_weights(
+    tiny_mini: Path, overrides: list[str], keys: set[str]
 ) -> None:
-    options = small_params(f"strategy={name}").strategy.options | section
+    """Each term adds its entries to the new task's loss; replay's old-task losses take
+    replay_buffer.weight, derpp's its alpha, the others their own factor 1 (λ inside); derpp
+    alone (DER) draws on the buffer without replaying labels."""
+    replay = {"per_task": 3, "batch_size": 1, "weight": 0.5}
+    strategy = make_strategy(*overrides, replay=replay)
+    ctx = context(small_model(tiny_mini), tiny_mini, "det", ["seg"])
+    strategy.before_stage(ctx)
+    assert len(ctx.buffer.items["seg"][1]) == 3
+    losses = strategy.losses(ctx, *collate([ctx.train_data("det")[i] for i in range(4)]))
+    assert set(losses) == keys
+    expected = {"det": 1.0, "seg": 0.5, "ewc": 1.0, "lwf": 1.0, "derpp": 0.1}
+    assert strategy.weights == {k: expected[k] for k in losses}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["strategy=ewc", "+strategy.terms.ewc.lamda=1.0"],
+         r"^strategy\.terms\.ewc\.lamda: not a param of ewc"),
+        (["+strategy.terms.replay.weight=2"],
+         r"^strategy\.terms\.replay\.weight: not a param of replay"),
+        (["+strategy.terms.ewcc={}"],
+         r"^strategy\.terms\.ewcc: unknown term 'ewcc'; known: cumulative, derpp"),
+        (["strategy.rule.name=gradnom"],
+         r"^strategy\.rule\.name: unknown rule 'gradnom'; known: gradnorm"),
+        (["strategy=gradnorm", "strategy.rule.alpha=-1"],
+         r"^strategy\.rule\.alpha must be a number ≥ 0"),
+        (["strategy=cumulative", "strategy/terms=[replay,cumulative]"],
+         r"^strategy\.terms: replay and cumulative both add the old tasks' losses"),
+        (["strategy=independent", "+strategy/terms=[replay]"],
+         r"^strategy\.terms: trunk per_task"),
+        (["+strategy.freeze.neck=1"],
+         r"^strategy\.freeze\.neck must be the stage it is frozen from"),
+        (["+strategy.freeze.trunk=2"], r"^strategy\.freeze\.trunk: not a part"),
+    ],
+)  # fmt: skip
+def test_bad_parts_are_rejected_by_name(overrides: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        make_strategy(name, options)
+        make_strategy(*overrides)
 
 
 @pytest.mark.parametrize(("key", "value"), [("per_task", 0), ("batch_size", 2.5), ("weight", -1)])
@@ -216,7 +249,7 @@ def test_bad_replay_buffer_params_are_rejected_by_name(key: str, value: Any) -> 
 
 def test_uncertainty_learns_each_loss_log_variance(tiny_mini: Path) -> None:
     """The log-variances take their own lr in the stage's optimiser (not the model's 1e-3)."""
-    strategy = make_strategy("uncertainty", {"lr": 0.05}, ONE_SAMPLE | {"per_task": 2})
+    strategy = make_strategy("strategy=uncertainty", replay=ONE_SAMPLE | {"per_task": 2})
     ctx = context(small_model(tiny_mini), tiny_mini, "det", ["seg"])
     strategy.before_stage(ctx)
     assert [s.item() for s in strategy.parameters()] == [0.0, 0.0]
@@ -225,9 +258,9 @@ def test_uncertainty_learns_each_loss_log_variance(tiny_mini: Path) -> None:
     fixed = {"det": {"l": torch.tensor(4.0)}, "seg": {"l": torch.tensor(0.25)}}
     for _ in range(400):  # exp(-s)·L + s is smallest at s = log L
         optimizer.zero_grad()
-        strategy.backward(ctx, fixed)
+        strategy.rule.backward(ctx, fixed, {})
         optimizer.step()
-    s = strategy.log_variances
+    s = strategy.rule.log_variances
     assert s["det"].item() == pytest.approx(math.log(4.0), abs=0.02)
     assert s["seg"].item() == pytest.approx(math.log(0.25), abs=0.02)
     assert ctx.history[-1]["w_det"] == pytest.approx(0.25, abs=0.01)
@@ -279,36 +312,38 @@ def test_ewc_penalty_is_zero_at_anchor_and_its_gradient_is_2_lambda_f_delta(
     tiny_mini: Path,
 ) -> None:
     model = small_model(tiny_mini)
-    strategy = make_strategy("ewc", {"lambda": 3.0, "gamma": 1.0})
+    strategy = make_strategy("strategy=ewc", "strategy.terms.ewc.lambda=3.0")
     strategy.before_stage(context(model, tiny_mini, "det", ["seg"]))
+    ewc = strategy.terms[0]
     params = shared_parameters(model)
-    assert set(strategy.fisher) == set(params)
-    assert all((f >= 0).all() for f in strategy.fisher.values())
-    assert sum(f.sum() for f in strategy.fisher.values()) > 0
+    assert set(ewc.fisher) == set(params)
+    assert all((f >= 0).all() for f in ewc.fisher.values())
+    assert sum(f.sum() for f in ewc.fisher.values()) > 0
 
-    assert strategy.penalty(model).item() == 0.0
+    assert ewc.penalty(model).item() == 0.0
     with torch.no_grad():
         for p in params.values():
             p.add_(torch.randn_like(p) * 0.01)
     model.zero_grad()
-    strategy.penalty(model).backward()
+    ewc.penalty(model).backward()
     for name, p in params.items():
-        expected = 2 * 3.0 * strategy.fisher[name] * (p.detach() - strategy.anchor[name])
+        expected = 2 * 3.0 * ewc.fisher[name] * (p.detach() - ewc.anchor[name])
         torch.testing.assert_close(p.grad, expected)
 
 
 def test_ewc_accumulates_fishers_online(tiny_mini: Path) -> None:
     model = small_model(tiny_mini)
-    strategy = make_strategy("ewc", {"lambda": 1.0, "gamma": 0.5})
+    strategy = make_strategy("strategy=ewc", "strategy.terms.ewc.gamma=0.5")
+    ewc = strategy.terms[0]
     ctx = context(model, tiny_mini, "det", ["seg"])
     strategy.before_stage(ctx)
-    seg = {n: f.clone() for n, f in strategy.fisher.items()}
+    seg = {n: f.clone() for n, f in ewc.fisher.items()}
     torch.manual_seed(0)
     strategy.after_stage(ctx)
     torch.manual_seed(0)  # the same augmentations again
     det = empirical_fisher(ctx, "det")
-    assert strategy.tasks == ["seg", "det"]
-    for name, f in strategy.fisher.items():
+    assert ewc.tasks == ["seg", "det"]
+    for name, f in ewc.fisher.items():
         torch.testing.assert_close(f, 0.5 * seg[name] + det[name])
     assert any(d.sum() > 0 for d in det.values())
 
@@ -319,9 +354,10 @@ def test_ewc_accumulates_fishers_online(tiny_mini: Path) -> None:
 def test_lwf_teacher_never_changes_during_the_stage(tiny_mini: Path) -> None:
     model = small_model(tiny_mini)
     ctx = context(model, tiny_mini, "cls", ["seg", "det"])
-    strategy = make_strategy("lwf", {"lambda": 1.0, "temperature": 2.0})
+    strategy = make_strategy("strategy=lwf")
     strategy.before_stage(ctx)
-    teacher = {k: v.clone() for k, v in strategy.teacher.state_dict().items()}
+    lwf = strategy.terms[0]
+    teacher = {k: v.clone() for k, v in lwf.teacher.state_dict().items()}
     student = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     model.train()
@@ -332,9 +368,9 @@ def test_lwf_teacher_never_changes_during_the_stage(tiny_mini: Path) -> None:
         assert set(losses["lwf"]) == {"seg", "det_cls", "det_ctr", "det_box"}
         strategy.backward(ctx, losses)
         optimizer.step()
-    assert not strategy.teacher.training
-    assert all(not p.requires_grad for p in strategy.teacher.parameters())
-    for key, value in strategy.teacher.state_dict().items():
+    assert not lwf.teacher.training
+    assert all(not p.requires_grad for p in lwf.teacher.parameters())
+    for key, value in lwf.teacher.state_dict().items():
         torch.testing.assert_close(value, teacher[key], rtol=0, atol=0)
     assert any(not torch.equal(v, student[k]) for k, v in model.state_dict().items())
 
@@ -351,8 +387,9 @@ def test_derpp_recalls_the_outputs_its_old_tasks_ended_with(tiny_mini: Path) -> 
     ctx = context(model, tiny_mini, "det", ["seg"])
     strategy = build_strategy(params.strategy, params.replay_buffer)
     strategy.before_stage(ctx)
-    images, outputs = strategy.records["seg"]
-    dataset, indices = strategy.buffer.items["seg"]
+    derpp = strategy.terms[1]
+    images, outputs = derpp.records["seg"]
+    dataset, indices = ctx.buffer.items["seg"]
     assert images.dtype == torch.uint8 and len(images) == len(indices) == 4
     for image, i in zip(images, indices, strict=True):
         torch.testing.assert_close(image.float() / 255, dataset[int(i)][0], rtol=0, atol=1e-7)
@@ -368,13 +405,13 @@ def test_derpp_recalls_the_outputs_its_old_tasks_ended_with(tiny_mini: Path) -> 
         strategy.backward(ctx, losses)
         optimizer.step()
     assert losses["derpp"]["seg"].item() > 1e-4
-    torch.testing.assert_close(strategy.records["seg"][1], recorded, rtol=0, atol=0)
+    torch.testing.assert_close(derpp.records["seg"][1], recorded, rtol=0, atol=0)
 
     carried = build_strategy(params.strategy, params.replay_buffer)
     carried.load_state_dict(strategy.state_dict())
     carried.before_stage(context(model, tiny_mini, "cls", ["seg", "det"]))
-    assert carried.records["seg"][1] is outputs
-    assert carried.records["det"][1].shape[0] == 4
+    assert carried.terms[1].records["seg"][1] is outputs
+    assert carried.terms[1].records["det"][1].shape[0] == 4
 
 
 # --- cumulative ---
@@ -397,12 +434,12 @@ def test_cumulative_sees_every_task_samples(tiny_mini: Path) -> None:
                                                          "device", "seed", "batch_size",
                                                          "train_data")})  # fmt: skip
     ctx.seen = {}
-    strategy = make_strategy("cumulative")
+    strategy = make_strategy("strategy=cumulative")
     strategy.before_stage(ctx)
     loader = torch.utils.data.DataLoader(ctx.train_data("cls"), batch_size=4, collate_fn=collate)
-    for images, targets in loader:
-        assert set(strategy.losses(ctx, images, targets)) == {"cls", "seg", "det"}
-    for task in ("seg", "det", "cls"):
+    for images, _ in loader:
+        assert set(strategy.terms[0].losses(ctx, images, {})) == {"seg", "det"}
+    for task in ("seg", "det"):
         assert ctx.seen[task] == set(range(len(ctx.train_data(task)))), task
 
 
@@ -410,7 +447,7 @@ def test_cumulative_sees_every_task_samples(tiny_mini: Path) -> None:
 
 
 def test_independent_shares_no_parameter_between_tasks(tiny_mini: Path) -> None:
-    strategy = make_strategy("independent")
+    strategy = make_strategy("strategy=independent")
     single = small_model(tiny_mini)
     stage1 = {"model": single.state_dict(), "tasks": ["seg"], "strategy": "naive"}
     model = strategy.load_model(lambda: small_model(tiny_mini), stage1, ["seg", "det"])
@@ -466,7 +503,7 @@ def stage_paths(root: Path, mini: Path, stage: int, previous: Path | None) -> St
     )
 
 
-@pytest.mark.parametrize("name", strategy_names())
+@pytest.mark.parametrize("name", presets(REPO / "conf"))
 def test_every_strategy_runs_stages_2_and_3(
     name: str, stage1: Path, tiny_mini: Path, tmp_path: Path
 ) -> None:
@@ -516,11 +553,46 @@ def test_derpp_frozen_trains_only_the_neck_and_head(stage1: Path, tiny_mini: Pat
     assert any(not torch.equal(names[n], start[n]) for n in rest if n.startswith("head.hidden."))
 
 
-def test_unknown_strategy_fails_with_a_clear_message(stage1: Path, tiny_mini: Path,
-                                                     tmp_path: Path) -> None:  # fmt: skip
-    params = small_params(strategy={"name": "nope"})
+def test_a_combination_no_preset_has_trains_with_each_part_in_effect(
+    stage1: Path, tiny_mini: Path, tmp_path: Path
+) -> None:
+    """EWC + replay under GradNorm on a backbone frozen from stage 2, configured only: stages 2
+    and 3 log the EWC penalty and the replayed losses, GradNorm's weights over the task losses
+    (summing to their number), and leave the backbone as stage 1 saved it, bit for bit."""
+    overrides = ["strategy=ewc", "strategy/terms=[replay,ewc]", "strategy/rule=gradnorm",
+                 "+strategy.freeze.backbone=2",
+                 "strategy.name=ewc_replay_gradnorm_frozen"]  # fmt: skip
+    params = small_params(*overrides)
+    previous = stage1
+    for stage in (2, 3):
+        paths = stage_paths(tmp_path, tiny_mini, stage, previous)
+        metrics = train_stage(stage, params, paths)
+        assert metrics["strategy"] == "ewc_replay_gradnorm_frozen"
+        with open(paths.plots / "train.csv") as handle:
+            columns = set(next(csv.reader(handle)))
+        old = ["seg", "det"][: stage - 1]
+        assert {"ewc/penalty"} | {f"{t}/total" for t in old} <= columns
+        with open(paths.plots / "strategy.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        tasks = ["seg", "det", "cls"][:stage]
+        assert rows and set(rows[0]) == {"step"} | {f"w_{t}" for t in tasks}
+        assert all(sum(float(r[f"w_{t}"]) for t in tasks) == pytest.approx(stage) for r in rows)
+        assert len({r["w_seg"] for r in rows}) > 1
+        previous = paths.checkpoint
+    start = torch.load(stage1, weights_only=True)["model"]
+    model, checkpoint = load_checkpoint(previous)
+    assert checkpoint["architecture"]["frozen"] == ["trunk.backbone"]
+    assert set(checkpoint["strategy_state"]) == {"ewc"}
+    for name, value in model.state_dict().items():
+        if name.startswith("trunk.backbone."):
+            assert torch.equal(value, start[name]), name
+
+
+def test_unknown_rule_fails_with_a_clear_message(stage1: Path, tiny_mini: Path,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    params = small_params(strategy={"rule": {"name": "nope"}})
     with pytest.raises(
-        ValueError, match=r"^strategy\.name: unknown strategy 'nope'; known: .*gradnorm"
+        ValueError, match=r"^strategy\.rule\.name: unknown rule 'nope'; known: gradnorm, pcgrad"
     ):
         train_stage(2, params, stage_paths(tmp_path, tiny_mini, 2, stage1))
     assert not any(tmp_path.iterdir())
@@ -529,20 +601,19 @@ def test_unknown_strategy_fails_with_a_clear_message(stage1: Path, tiny_mini: Pa
 @pytest.mark.parametrize(
     ("name", "key", "value"),
     [
-        ("ewc", "lambda", -1.0),
-        ("ewc", "gamma", 1.5),
-        ("lwf", "lambda", -0.1),
-        ("lwf", "temperature", 0),
-        ("derpp", "alpha", -0.5),
-        ("derpp_frozen", "alpha", -0.5),
-        ("gradnorm", "alpha", -1),
-        ("gradnorm", "lr", 0.0),
-        ("gradnorm", "old_weight", "one"),
-        ("gradnorm", "initial_steps", 0),
-        ("uncertainty", "lr", 0.0),
+        ("ewc", "terms.ewc.lambda", -1.0),
+        ("ewc", "terms.ewc.gamma", 1.5),
+        ("lwf", "terms.lwf.lambda", -0.1),
+        ("lwf", "terms.lwf.temperature", 0),
+        ("derpp", "terms.derpp.alpha", -0.5),
+        ("derpp_frozen", "terms.derpp.alpha", -0.5),
+        ("gradnorm", "rule.alpha", -1),
+        ("gradnorm", "rule.lr", 0.0),
+        ("gradnorm", "rule.old_weight", "one"),
+        ("gradnorm", "rule.initial_steps", 0),
+        ("uncertainty", "rule.lr", 0.0),
     ],
 )
 def test_bad_strategy_params_are_rejected_by_name(name: str, key: str, value: Any) -> None:
-    options = small_params(f"strategy={name}").strategy.options | {key: value}
-    with pytest.raises(ValueError, match=rf"^strategy\.{key} must be"):
-        make_strategy(name, options)
+    with pytest.raises(ValueError, match=rf"^strategy\.{key.replace('.', '[.]')} must be"):
+        make_strategy(f"strategy={name}", f"strategy.{key}={value}")

@@ -137,8 +137,8 @@ def test_bad_params_are_named(change: dict, message: str) -> None:
 def test_unknown_strategy_is_named(three_stages: Path, tiny_mini: Path, tmp_path: Path) -> None:
     stage2 = paths(tmp_path, tiny_mini, 2)
     stage2 = StagePaths(**{**stage2.__dict__, "previous": three_stages / "checkpoints/stage1.pt"})
-    with pytest.raises(ValueError, match=r"unknown strategy 'magic'; known: .*replay"):
-        train_stage(2, params(strategy={"name": "magic"}), stage2)
+    with pytest.raises(ValueError, match=r"unknown rule 'magic'; known: .*pcgrad"):
+        train_stage(2, params(strategy={"rule": {"name": "magic"}}), stage2)
     assert not any(tmp_path.iterdir())
 
 

@@ -30,13 +30,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from seqmtl.backbones import BACKBONES
-from seqmtl.config import Strategy, load_config
+from seqmtl.config import load_config
 from seqmtl.data import TASKS, TaskDataset, build_dataset, class_names, collate
 from seqmtl.files import write_json
 from seqmtl.model import UnifiedModel
 from seqmtl.runtime import machine, resolve_device
 from seqmtl.stage import keep_freed_memory
-from seqmtl.strategies import StageContext, build_strategy
+from seqmtl.strategies import NAIVE, StageContext, build_strategy
 from seqmtl.subsample import subsample
 from seqmtl.synthetic import COCO_FIRST_TEN, generate
 from seqmtl.tasks import build_tasks
@@ -57,7 +57,7 @@ def training_timings(
     train_cfg = load_config().train  # the pipeline's optimizer, clipping and seg loss stride
     tasks = build_tasks(model.num_classes, 0.5, train_cfg.seg_loss_stride)
     ctx = StageContext(model, tasks, task, [], device, 0, batch, lambda _: data)
-    strategy = build_strategy(Strategy("naive", {}))
+    strategy = build_strategy(NAIVE)
     optimizer = build_optimizer(model, strategy, 1e-4, train_cfg)
     batches = iter(())
     backbone = first_backbone(model)

@@ -45,10 +45,9 @@ from scipy.stats import false_discovery_control, ttest_rel
 from scipy.stats import t as student_t
 
 from seqmtl.check import dvc, flatten
-from seqmtl.config import compose
+from seqmtl.config import compose, presets
 from seqmtl.data import TASKS
 from seqmtl.files import atomic_file, save_png, write_json
-from seqmtl.strategies import strategy_names
 
 ALPHA = 0.05
 VERDICTS = ("pass", "undecided", "fail", "not learned")
@@ -92,14 +91,26 @@ def read_runs(exp_show: list[dict[str, Any]]) -> list[Run]:
 
 
 def current(params: dict[str, Any]) -> dict[str, Any]:
-    """A run's params in today's layout: a run made when `strategy` was a name and each strategy
-    had its own top-level section gets `strategy: {name, its section's params}`, the other
-    strategies' sections (which none of its stages read) dropped."""
-    if not isinstance(params.get("strategy"), str):
+    """A run's params in today's layout. A run made when `strategy` was a name and each strategy
+    had its own top-level section, or when the section held a preset's name and params
+    (`strategy: {name, lambda, …, replay}`), gets its preset's parts with those params set in the
+    part that holds each (`replay: true`: the replay term first); the other strategies' sections
+    (which none of its stages read) are dropped."""
+    strategy = params.get("strategy")
+    if isinstance(strategy, str):
+        kept = {k: v for k, v in params.items() if k not in presets() and k != "strategy"}
+        return current(kept | {"strategy": {"name": strategy, **(params.get(strategy) or {})}})
+    if "terms" in strategy:
         return params
-    name = params["strategy"]
-    kept = {k: v for k, v in params.items() if k not in strategy_names() and k != "strategy"}
-    return kept | {"strategy": {"name": name, **(params.get(name) or {})}}
+    options = {k: v for k, v in strategy.items() if k != "name"}
+    section = compose([f"strategy={strategy['name']}"])["strategy"]
+    if options.pop("replay", False):
+        section["terms"] = {"replay": {}} | section["terms"]
+    parts = [*section["terms"].values(), section["rule"]]
+    for key, value in options.items():
+        holder = next(part for part in parts if key in part)
+        holder[key] = value
+    return params | {"strategy": section}
 
 
 def select(

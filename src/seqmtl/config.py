@@ -178,15 +178,16 @@ class Gradients(Section):
 
 @dataclass(frozen=True)
 class Strategy(Section):
-    """The strategy's name and its own params (`seqmtl.strategies` checks them)."""
+    """A strategy (presets: conf/strategy/): its name, its loss terms (name → params, in the
+    order they apply), its gradient rule ({name, params}), the parts frozen from which stage,
+    and one trunk shared by every task or one per task. `seqmtl.strategies` checks the parts'
+    params."""
 
     name: str
-    options: dict[str, Any]
-
-    @classmethod
-    def arrange(cls, data: dict[str, Any]) -> dict[str, Any]:
-        rest = {k: v for k, v in data.items() if k != "name"}
-        return {"name": data["name"], "options": rest} if "name" in data else {"options": rest}
+    terms: dict[str, Any]
+    rule: dict[str, Any]
+    freeze: dict[str, Any]
+    trunk: Literal["shared", "per_task"]
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,11 @@ def load_config(stage: str | None = None, path: Path = PARAMS, pipeline: Path = 
         params = yaml.safe_load(handle)
     config = parse(params)
     return config if stage is None else parse(declared(params, stage, pipeline), stage)
+
+
+def presets(conf: Path = CONF) -> list[str]:
+    """The strategy presets: the files of conf/strategy/, by name."""
+    return sorted(p.stem for p in (conf / "strategy").glob("*.yaml"))
 
 
 def compose(overrides: list[str], conf: Path = CONF) -> dict[str, Any]:

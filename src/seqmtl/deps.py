@@ -6,12 +6,13 @@ function (even one never executed), and so do the packages (`__init__.py`) an im
 the project's own files are searched: the script's folder (first on `sys.path` when Python runs
 a script) and `src/`.
 
-One import is dynamic: `seqmtl.strategies.build_strategy(section, …)` imports the module
-`seqmtl.strategies.<section.name>`. The rule for it (`stage_strategy`): a stage that the
-`strategy` param reaches, by reading it or by reading an output of a stage it reaches (a
-checkpoint records its strategy, rebuilt on loading), may build any strategy and depends on the
-folder `src/seqmtl/strategies`; any other stage builds only `naive` (stage 1 and the single-task
-references train naively) and depends on naive.py and what it imports.
+One import is dynamic: `seqmtl.strategies.build_strategy(section, …)` imports the modules of the
+section's parts (`seqmtl.strategies.terms.<name>`, `seqmtl.strategies.rules.<name>`). The rule
+for it (`stage_strategy`): a stage that the `strategy` param reaches, by reading it or by reading
+an output of a stage it reaches (a checkpoint records its strategy), may build any strategy and
+depends on the folder `src/seqmtl/strategies`; any other stage builds only the naive strategy
+(stage 1 and the single-task references train naively) and depends on the sum rule's module and
+what it imports.
 """
 
 from __future__ import annotations
@@ -23,19 +24,21 @@ from typing import Any
 STRATEGIES = "seqmtl.strategies"
 BUILDER = f"{STRATEGIES}.base"  # defines build_strategy
 STRATEGY_FOLDER = "src/seqmtl/strategies"
+NAIVE_PARTS = (f"{STRATEGIES}.rules.sum",)  # the parts `seqmtl.strategies.NAIVE` imports
 
 
 def code_deps(script: Path, strategy: str | None, root: Path = Path(".")) -> list[str]:
     """Sorted POSIX paths, relative to `root`, of `script` (relative to `root`) and the project
     modules it imports, directly or not. Where these include `build_strategy`, `strategy` is the
-    one the stage builds (its module and imports are added), or None for any: the folder
-    STRATEGY_FOLDER then stands for every file in it."""
+    one the stage builds ("naive": its parts' modules and imports are added), or None for any:
+    the folder STRATEGY_FOLDER then stands for every file in it."""
     root = Path(root).resolve()
     finder = modulefinder.ModuleFinder(path=[str((root / script).parent), str(root / "src")])
     finder.run_script(str(root / script))
     builds = BUILDER in finder.modules
     if builds and strategy is not None:
-        finder.import_hook(f"{STRATEGIES}.{strategy}")
+        for module in NAIVE_PARTS:
+            finder.import_hook(module)
     files = {Path(m.__file__).resolve() for m in finder.modules.values() if m.__file__}
     deps = {p.relative_to(root).as_posix() for p in files if p.is_relative_to(root)}
     if builds and strategy is None:

@@ -26,7 +26,7 @@ from seqmtl.files import atomic_dir, atomic_file, file_digest, write_json
 from seqmtl.logs import write_csv
 from seqmtl.model import UnifiedModel, architecture, backbone_parameters
 from seqmtl.runtime import peak_memory_mb, resolve_device, seed_everything
-from seqmtl.strategies import Losses, StageContext, Strategy, build_strategy, total
+from seqmtl.strategies import NAIVE, Losses, StageContext, Strategy, build_strategy, total
 from seqmtl.tasks import Targets, build_tasks, evaluate_all
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,9 @@ def train_step(
 ) -> tuple[Losses, float]:
     """One update of the model from a batch of the new task: the strategy's losses and backward,
     the gradients averaged over data-parallel processes (`seqmtl.distributed`), clipped to
-    `max_norm` (where given), the optimiser's step. Returns the losses and the gradient norm
-    before clipping; a loss that is not finite raises `NonFiniteLoss` before any update."""
+    `max_norm` (where given), the optimiser's step, then the strategy's (its rule's own state).
+    Returns the losses and the gradient norm before clipping; a loss that is not finite raises
+    `NonFiniteLoss` before any update."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(ctx.device.type, torch.bfloat16, enabled=mixed):
         losses = strategy.losses(ctx, images, targets)
@@ -118,6 +119,7 @@ def train_step(
     trainable = [p for p in ctx.model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm or math.inf)
     optimizer.step()
+    strategy.after_step()
     return losses, norm.item()
 
 
@@ -195,7 +197,7 @@ def _train_stage(
             "(train.processes): each takes an equal share of every batch"
         )
     if stage == 1 or single_task:
-        strategy = build_strategy(config.Strategy("naive", {}))
+        strategy = build_strategy(NAIVE)
     else:
         strategy = build_strategy(params.strategy, params.replay_buffer)
     strategy_name = strategy.name

@@ -1,21 +1,24 @@
-"""Strategies against forgetting, one module each; `build_strategy` imports the one it needs."""
+"""Strategies against forgetting, composed of parts: loss terms (`terms/`), one gradient rule
+(`rules/`) and a model policy (`policy.py`); `build_strategy` imports the parts it needs."""
 
 from seqmtl.strategies.base import (
+    NAIVE,
     Losses,
     StageContext,
     Strategy,
     build_strategy,
+    part_names,
     register,
-    strategy_names,
     total,
 )
 
 __all__ = [
+    "NAIVE",
     "Losses",
     "StageContext",
     "Strategy",
     "build_strategy",
+    "part_names",
     "register",
-    "strategy_names",
     "total",
 ]

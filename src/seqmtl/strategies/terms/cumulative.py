@@ -11,8 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from seqmtl.data import collate
-from seqmtl.strategies.base import Losses, StageContext, Strategy, register
-from seqmtl.tasks import Targets
+from seqmtl.strategies.base import Losses, StageContext, Term, register
 
 
 def endless(loader: DataLoader) -> Iterator[tuple[Tensor, list[dict[str, Any]]]]:
@@ -22,16 +21,16 @@ def endless(loader: DataLoader) -> Iterator[tuple[Tensor, list[dict[str, Any]]]]
 
 
 @register("cumulative")
-class Cumulative(Strategy):
-    """L = L_new + Σ_old L_old, each old task's term on the next batch of its full training set.
+class Cumulative(Term):
+    """L += Σ_old L_old, each old task's term on the next batch of its full training set.
 
     Each old task's training set is cycled through a seeded shuffling loader of the stage's batch
     size that keeps its last, smaller batch, one batch of each old task per step: every pass over
     an old set shows each of its samples once, and with the mini sets' equal sizes a pass takes
-    an epoch of the new task. Plain sum, no weights; no params.
+    an epoch of the new task. Weight 1; no params.
     """
 
-    replays = False  # it has every old sample already
+    adds_tasks = True
 
     def before_stage(self, ctx: StageContext) -> None:
         self.batches: dict[str, Iterator[tuple[Tensor, list[dict[str, Any]]]]] = {}
@@ -46,20 +45,17 @@ class Cumulative(Strategy):
             self.batches[task] = endless(loader)
         self.drawn = 0
 
-    def losses(self, ctx: StageContext, images: Tensor, targets: Targets) -> Losses:
-        losses = super().losses(ctx, images, targets)
-        for task in ctx.old_tasks:
-            losses[task] = ctx.loss(task, *next(self.batches[task]))
+    def losses(self, ctx: StageContext, images: Tensor, outputs: dict[str, Tensor]) -> Losses:
+        losses = {task: ctx.loss(task, *next(self.batches[task])) for task in ctx.old_tasks}
         self.drawn += 1
         return losses
 
     def resume_state(self) -> dict[str, Any]:
-        return super().resume_state() | {"drawn": self.drawn}
+        return {"drawn": self.drawn}
 
     def load_resume_state(self, state: dict[str, Any]) -> None:
         """Draw again, unused, the old tasks' batches drawn before the stop (data loading only):
         the loaders' shuffling and augmentation then continue where they stopped."""
-        super().load_resume_state(state)
         for _ in range(state["drawn"]):
             for batches in self.batches.values():
                 next(batches)

@@ -1,4 +1,4 @@
-"""gradnorm: replay whose loss weights are balanced by GradNorm (Chen et al. 2018)."""
+"""gradnorm: the task losses' weights balanced by GradNorm (Chen et al. 2018)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,21 @@ from torch import Tensor
 
 from seqmtl import config
 from seqmtl.distributed import average_
-from seqmtl.strategies.base import Losses, StageContext, Strategy, register, total
+from seqmtl.strategies.base import (
+    Losses,
+    Rule,
+    StageContext,
+    register,
+    regularisation,
+    split,
+    total,
+)
 
 
 @register("gradnorm")
-class GradNorm(Strategy):
-    """L = Σ_i w_i·L_i over the losses in play (the new task's and each replayed old task's).
+class GradNorm(Rule):
+    """L = Σ_i w_i·L_i over the task losses (the new task's and each old task's that a term
+    adds), plus the terms' own entries (penalties, distillations) at their fixed weights.
 
     Each step, with W the last shared layer's weight (`model.shared_layer()`):
     G_i = ‖∇_W w_i·L_i‖, Ḡ = mean_i G_i, L̃_i = L_i / L_i(0), r_i = L̃_i / mean_j L̃_j, and the
@@ -28,18 +37,18 @@ class GradNorm(Strategy):
     their own Adam optimiser; G_i = w_i·‖∇_W L_i‖ needs no second-order graph. The weights used
     in each step go to the strategy log (w_<task>), hence to plots/stageN/strategy.csv.
 
-    Always with replay (the `replay_buffer` section's per_task and batch_size; its weight is unused:
-    the weights are GradNorm's).
+    The weights are GradNorm's: a task-loss term's own weight (`replay_buffer.weight`) is unused.
+    Its weights move in `step`, after the model's update, so a step not taken moves neither.
 
-    cfg: alpha (≥ 0, the paper's 1.5), lr (> 0, the
+    params: alpha (≥ 0, the paper's 1.5), lr (> 0, the
     weights' Adam learning rate), old_weight (> 0, each old task's initial weight against 1),
     initial_steps (≥ 1, the steps averaged into L_i(0)).
     """
 
-    replays = True
-
-    def __init__(self, cfg: dict[str, Any], replay: config.ReplayBuffer | None = None) -> None:
-        super().__init__(cfg, replay)
+    def __init__(
+        self, options: dict[str, Any], key: str, replay: config.ReplayBuffer | None
+    ) -> None:
+        super().__init__(options, key, replay)
         self.alpha = self.number("alpha")
         self.lr = self.number("lr", open_low=True)
         self.old_weight = self.number("old_weight", open_low=True)
@@ -47,13 +56,12 @@ class GradNorm(Strategy):
         self.weights: Tensor | None = None
 
     def before_stage(self, ctx: StageContext) -> None:
-        super().before_stage(ctx)
         self.weights = None
         self.device = ctx.device
 
     def resume_state(self) -> dict[str, Any]:
         started = self.weights is not None
-        return super().resume_state() | {
+        return {
             "gradnorm": {
                 "weights": self.weights.detach().cpu(),
                 "optimizer": self.optimizer.state_dict(),
@@ -65,7 +73,6 @@ class GradNorm(Strategy):
         }
 
     def load_resume_state(self, state: dict[str, Any]) -> None:
-        super().load_resume_state(state)
         saved = state["gradnorm"]
         if saved is None:
             return
@@ -84,8 +91,8 @@ class GradNorm(Strategy):
         self.initial = torch.zeros_like(losses)
         self.averaged = 0
 
-    def backward(self, ctx: StageContext, losses: Losses) -> None:
-        names = list(losses)
+    def backward(self, ctx: StageContext, losses: Losses, weights: dict[str, float]) -> None:
+        names, own = split(losses, ctx)
         values = torch.stack([total(losses[n]) for n in names])
         observed = values.detach().clone()
         average_([observed])  # over data-parallel processes: the global batch's losses
@@ -99,14 +106,19 @@ class GradNorm(Strategy):
         grads = [torch.autograd.grad(v, layer, retain_graph=True)[0] for v in values]
         average_(grads)
         norms = torch.stack([g.norm() for g in grads])
-        (self.weights.detach() * values).sum().backward()
+        loss = (self.weights.detach() * values).sum()
+        extra = regularisation(losses, weights, own)
+        (loss if extra is None else loss + extra).backward()
 
         grad_norms = self.weights * norms
         ratios = observed / self.initial
         target = (grad_norms.mean() * (ratios / ratios.mean()) ** self.alpha).detach()
         self.optimizer.zero_grad()
         (grad_norms - target).abs().sum().backward()
+
+    def step(self) -> None:
+        """The weights' step on L_grad, then their clipping at 0 and renormalisation."""
         self.optimizer.step()
         with torch.no_grad():
             self.weights.clamp_(min=0)
-            self.weights.mul_(len(names) / self.weights.sum())
+            self.weights.mul_(len(self.weights) / self.weights.sum())

@@ -1,4 +1,4 @@
-"""pcgrad: replay whose per-loss gradients on the shared parameters pass through PCGrad
+"""pcgrad: the task losses' gradients on the shared parameters pass through PCGrad
 (Yu et al. 2020, "Gradient surgery for multi-task learning")."""
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ from torch import Tensor
 
 from seqmtl.distributed import average_
 from seqmtl.model import shared_parameters
-from seqmtl.strategies.base import Losses, StageContext, Strategy, register, total
+from seqmtl.strategies.base import (
+    Losses,
+    Rule,
+    StageContext,
+    register,
+    regularisation,
+    split,
+    total,
+)
 
 
 def project_conflicting(grads: Tensor, generator: torch.Generator) -> Tensor:
@@ -27,39 +35,38 @@ def project_conflicting(grads: Tensor, generator: torch.Generator) -> Tensor:
 
 
 @register("pcgrad")
-class PCGrad(Strategy):
-    """The losses in play (the new task's and each replayed old task's, unweighted) each give a
-    gradient; on the shared parameters (trunk and the head's hidden layers, as one vector) they
-    are combined by `project_conflicting`, in an order drawn from a generator seeded with the
-    stage's seed; the task-specific parameters (the head's last conv) get the plain sum. Logs
-    the number of conflicting pairs (negative dot products) per step.
-
-    Always with replay (the `replay_buffer` section's per_task and batch_size; its weight is
-    unused). No params of its own.
+class PCGrad(Rule):
+    """The task losses (the new task's and each old task's that a term adds, unweighted) each
+    give a gradient; on the shared parameters (trunk and the head's hidden layers, as one
+    vector) they are combined by `project_conflicting`, in an order drawn from a generator
+    seeded with the stage's seed; the task-specific parameters (the head's last conv) get the
+    plain sum. Logs the number of conflicting pairs (negative dot products) per step. The
+    terms' own entries (penalties, distillations) add the gradient of their weighted sum
+    unchanged; a task-loss term's weight (`replay_buffer.weight`) is unused. No params.
     """
 
-    replays = True
-
     def before_stage(self, ctx: StageContext) -> None:
-        super().before_stage(ctx)
         self.generator = torch.Generator().manual_seed(ctx.seed)
 
     def resume_state(self) -> dict[str, Any]:
-        return super().resume_state() | {"order": self.generator.get_state()}
+        return {"order": self.generator.get_state()}
 
     def load_resume_state(self, state: dict[str, Any]) -> None:
-        super().load_resume_state(state)
         self.generator.set_state(state["order"])
 
-    def backward(self, ctx: StageContext, losses: Losses) -> None:
-        names = list(losses)
+    def backward(self, ctx: StageContext, losses: Losses, weights: dict[str, float]) -> None:
+        names, own = split(losses, ctx)
+        extra = regularisation(losses, weights, own)
         params = [p for p in ctx.model.parameters() if p.requires_grad]
         shared_ids = {id(p) for p in shared_parameters(ctx.model).values()}
         shared = [id(p) in shared_ids for p in params]
         per_loss = []
         for k, name in enumerate(names):
             grads = torch.autograd.grad(
-                total(losses[name]), params, retain_graph=k < len(names) - 1, allow_unused=True
+                total(losses[name]),
+                params,
+                retain_graph=k < len(names) - 1 or extra is not None,
+                allow_unused=True,
             )
             per_loss.append(
                 [
@@ -82,3 +89,5 @@ class PCGrad(Strategy):
         )
         for k, (p, s) in enumerate(zip(params, shared, strict=True)):
             p.grad = next(combined).view_as(p) if s else sum(grads[k] for grads in per_loss)
+        if extra is not None:
+            extra.backward()

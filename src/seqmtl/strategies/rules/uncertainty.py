@@ -1,4 +1,4 @@
-"""uncertainty: replay whose losses are weighted by learned homoscedastic uncertainty
+"""uncertainty: the task losses weighted by learned homoscedastic uncertainty
 (Kendall, Gal & Cipolla 2018)."""
 
 from __future__ import annotations
@@ -9,14 +9,23 @@ import torch
 from torch import nn
 
 from seqmtl import config
-from seqmtl.strategies.base import Losses, StageContext, Strategy, register, total
+from seqmtl.strategies.base import (
+    Losses,
+    Rule,
+    StageContext,
+    register,
+    regularisation,
+    split,
+    total,
+)
 
 
 @register("uncertainty")
-class Uncertainty(Strategy):
-    """L = Σ_i exp(-s_i)·L_i + s_i over the losses in play (the new task's and each replayed old
-    task's), with s_i = log sigma_i² learned with the model (the loop's optimiser, no weight decay,
-    in their own param group at learning rate `lr`).
+class Uncertainty(Rule):
+    """L = Σ_i exp(-s_i)·L_i + s_i over the task losses (the new task's and each old task's that
+    a term adds), plus the terms' own entries at their fixed weights, with s_i = log sigma_i²
+    learned with the model (the loop's optimiser, no weight decay, in their own param group at
+    learning rate `lr`).
 
     Choices: one form for every task, exp(-s)·L + s, which is twice Kendall et al.'s regression
     form ½·exp(-s)·L + ½·s (same optimum s* = log L; starts, at s = 0, as replay's plain sum);
@@ -26,30 +35,31 @@ class Uncertainty(Strategy):
     the model's lr, warmed up and decayed, a stage of a few hundred steps cannot carry s far from
     0 and the weighting stays close to replay's plain sum.
 
-    Always with replay (the `replay_buffer` section's per_task and batch_size; its weight is unused:
-    the weights are learned).
+    The weights are learned: a task-loss term's own weight (`replay_buffer.weight`) is unused.
 
-    cfg: lr (> 0, the s_i's learning rate).
+    params: lr (> 0, the s_i's learning rate).
     """
 
-    replays = True
-
-    def __init__(self, cfg: dict[str, Any], replay: config.ReplayBuffer | None = None) -> None:
-        super().__init__(cfg, replay)
+    def __init__(
+        self, options: dict[str, Any], key: str, replay: config.ReplayBuffer | None
+    ) -> None:
+        super().__init__(options, key, replay)
         self.lr = self.number("lr", open_low=True)
         self.log_variances = nn.ParameterDict()
 
     def before_stage(self, ctx: StageContext) -> None:
-        super().before_stage(ctx)
         for task in [ctx.task, *ctx.old_tasks]:
             if task not in self.log_variances:
                 self.log_variances[task] = nn.Parameter(torch.zeros(()))
         self.log_variances.to(ctx.device)
 
-    def backward(self, ctx: StageContext, losses: Losses) -> None:
+    def backward(self, ctx: StageContext, losses: Losses, weights: dict[str, float]) -> None:
         s = self.log_variances
-        ctx.log(**{f"w_{n}": torch.exp(-s[n]).item() for n in losses})
-        torch.stack([torch.exp(-s[n]) * total(losses[n]) + s[n] for n in losses]).sum().backward()
+        names, own = split(losses, ctx)
+        ctx.log(**{f"w_{n}": torch.exp(-s[n]).item() for n in names})
+        loss = torch.stack([torch.exp(-s[n]) * total(losses[n]) + s[n] for n in names]).sum()
+        extra = regularisation(losses, weights, own)
+        (loss if extra is None else loss + extra).backward()
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.log_variances.values())

@@ -13,21 +13,14 @@ from torch import Tensor, nn
 
 from seqmtl import config
 from seqmtl.model import eval_mode, shared_parameters
-from seqmtl.strategies.base import (
-    Losses,
-    StageContext,
-    Strategy,
-    register,
-    total,
-)
-from seqmtl.tasks import Targets
+from seqmtl.strategies.base import Losses, StageContext, Term, register, total
 
 
 def empirical_fisher(ctx: StageContext, task: str) -> dict[str, Tensor]:
-    """Diagonal empirical Fisher of the shared parameters on `task`'s training data:
+    """Diagonal empirical Fisher of the trainable shared parameters on `task`'s training data:
     F = mean over samples n of (∂L_task(x_n, y_n)/∂θ)², one sample at a time, in eval mode."""
     model = ctx.model
-    params = shared_parameters(model)
+    params = {n: p for n, p in shared_parameters(model).items() if p.requires_grad}
     fisher = {name: torch.zeros_like(p) for name, p in params.items()}
     dataset = ctx.train_data(task)
     with eval_mode(model):
@@ -42,8 +35,8 @@ def empirical_fisher(ctx: StageContext, task: str) -> dict[str, Tensor]:
 
 
 @register("ewc")
-class EWC(Strategy):
-    """L = L_new + λ·Σ F(θ - θ*)² on the shared parameters (trunk and the head's hidden layers).
+class EWC(Term):
+    """L += λ·Σ F(θ - θ*)² on the trainable shared parameters (trunk and the head's hidden layers).
 
     Fisher: the empirical Fisher (squared gradients of the task's own loss at the true labels),
     per sample, on every training sample of the task (augmented as in training), with the model
@@ -55,12 +48,14 @@ class EWC(Strategy):
     latest stage.
     BatchNorm running statistics are buffers, not parameters, and are not protected.
 
-    cfg: lambda (λ ≥ 0), gamma (in [0, 1]), replay (true: add the replay component).
+    params: lambda (λ ≥ 0), gamma (in [0, 1]).
     """
 
-    def __init__(self, cfg: dict[str, Any], replay: config.ReplayBuffer | None = None) -> None:
-        super().__init__(cfg, replay)
-        self.weight = self.number("lambda")
+    def __init__(
+        self, options: dict[str, Any], key: str, replay: config.ReplayBuffer | None
+    ) -> None:
+        super().__init__(options, key, replay)
+        self.strength = self.number("lambda")
         self.gamma = self.number("gamma", 0.0, 1.0)
         self.fisher: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}
@@ -73,7 +68,7 @@ class EWC(Strategy):
             name: self.gamma * self.fisher[name] + f if name in self.fisher else f
             for name, f in new.items()
         }
-        self.anchor = {n: p.detach().clone() for n, p in shared_parameters(ctx.model).items()}
+        self.anchor = {n: ctx.model.get_parameter(n).detach().clone() for n in self.fisher}
         self.tasks.append(task)
 
     def penalty(self, model: nn.Module) -> Tensor:
@@ -82,18 +77,17 @@ class EWC(Strategy):
         terms = [(f * (params[n] - self.anchor[n]) ** 2).sum() for n, f in self.fisher.items()]
         if not terms:
             return torch.zeros((), device=next(iter(params.values())).device)
-        return self.weight * torch.stack(terms).sum()
+        return self.strength * torch.stack(terms).sum()
 
     def before_stage(self, ctx: StageContext) -> None:
-        super().before_stage(ctx)
         self.fisher = {n: f.to(ctx.device) for n, f in self.fisher.items()}
         self.anchor = {n: a.to(ctx.device) for n, a in self.anchor.items()}
         for task in ctx.old_tasks:
             if task not in self.tasks:
                 self.consolidate(ctx, task)
 
-    def losses(self, ctx: StageContext, images: Tensor, targets: Targets) -> Losses:
-        return super().losses(ctx, images, targets) | {"ewc": {"penalty": self.penalty(ctx.model)}}
+    def losses(self, ctx: StageContext, images: Tensor, outputs: dict[str, Tensor]) -> Losses:
+        return {"ewc": {"penalty": self.penalty(ctx.model)}}
 
     def after_stage(self, ctx: StageContext) -> None:
         self.consolidate(ctx, ctx.task)

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqmtl import config
-from seqmtl.strategies.base import Losses, StageContext, Strategy, register
-from seqmtl.tasks import Targets
+from seqmtl.strategies.base import Losses, StageContext, Term, register
 
 
 def softmax_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
@@ -67,8 +66,8 @@ DISTILLATION: dict[str, Callable[[Tensor, Tensor, float], dict[str, Tensor]]] = 
 
 
 @register("lwf")
-class LwF(Strategy):
-    """L = L_new + λ·Σ_old distil(student_old(x_new), teacher_old(x_new)).
+class LwF(Term):
+    """L += λ·Σ_old distil(student_old(x_new), teacher_old(x_new)).
 
     The teacher is a deep copy of the model at the start of the stage, in eval mode with no
     gradient; it is not part of the model, so the loop's model.train() never touches it. One
@@ -76,32 +75,25 @@ class LwF(Strategy):
     the paper is silent: T² scaling of the KL terms (Hinton et al. 2015) so λ keeps its meaning
     across temperatures; detection distils dense maps rather than proposals (see `distil_det`).
 
-    With replay, the replayed old tasks' losses are added as well (their own targets, weighted
-    by the `replay_buffer` section's weight), and distillation stays on the new task's images.
-
-    cfg: lambda (λ ≥ 0), temperature (T > 0; the paper's 2), replay (true: add the replay
-    component).
+    params: lambda (λ ≥ 0), temperature (T > 0; the paper's 2).
     """
 
-    def __init__(self, cfg: dict[str, Any], replay: config.ReplayBuffer | None = None) -> None:
-        super().__init__(cfg, replay)
+    distils = True
+
+    def __init__(
+        self, options: dict[str, Any], key: str, replay: config.ReplayBuffer | None
+    ) -> None:
+        super().__init__(options, key, replay)
         self.weight = self.number("lambda")
         self.temperature = self.number("temperature", open_low=True)
 
     def before_stage(self, ctx: StageContext) -> None:
-        super().before_stage(ctx)
         self.teacher = copy.deepcopy(ctx.model).eval().requires_grad_(False)
 
-    def losses(self, ctx: StageContext, images: Tensor, targets: Targets) -> Losses:
-        images = images.to(ctx.device)
-        outputs = ctx.model(images)
+    def losses(self, ctx: StageContext, images: Tensor, outputs: dict[str, Tensor]) -> Losses:
         with torch.no_grad():
-            teacher = self.teacher(images, tasks=tuple(ctx.old_tasks))
+            teacher = self.teacher(images.to(ctx.device), tasks=tuple(ctx.old_tasks))
         distilled: dict[str, Tensor] = {}
         for task in ctx.old_tasks:
             distilled |= DISTILLATION[task](outputs[task], teacher[task], self.temperature)
-        new = ctx.tasks[ctx.task].loss(outputs, targets, images.shape[-1])
-        return {ctx.task: new, "lwf": distilled} | self.replayed(ctx)
-
-    def term_weight(self, ctx: StageContext, term: str) -> float:
-        return self.weight if term == "lwf" else super().term_weight(ctx, term)
+        return {"lwf": distilled}

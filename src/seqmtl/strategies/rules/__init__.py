@@ -1,0 +1,1 @@
+"""Gradient rules, one module each, named as the rule (`strategy.rule.name`)."""

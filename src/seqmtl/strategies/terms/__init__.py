@@ -1,0 +1,1 @@
+"""Loss terms, one module each, named as the term (`strategy.terms.<name>`)."""
