@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from seqmtl.bootstrap import drop_interval, image_count, once_per_draw, resamples, task_scorer
 from seqmtl.checkpoints import load_checkpoint
 from seqmtl.config import Evaluate, load_config
-from seqmtl.data import TASKS, build_dataset, collate, task_image_sizes
+from seqmtl.data import build_dataset, collate, task_image_sizes
 from seqmtl.evaluate import (
     PRIMARY,
     batchnorm_drift,
@@ -47,19 +47,20 @@ def read(name: str) -> dict[str, Any]:
 
 
 def intervals(
-    names: list[str], mini: Path, cfg: Evaluate, seed: int
+    names: list[str], order: list[str], mini: Path, cfg: Evaluate, seed: int
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Per task, the bootstrap intervals of its relative drop from its baseline (the end of its
     own stage) and from its single-task reference to the end of the sequence; the same seeded
-    resamples of its val images score all three models."""
+    resamples of its val images score all three models. `order`: the tasks of the stages
+    `names`, in order."""
     boot = cfg.bootstrap
-    references = {TASKS[0]: names[0]} | {t: f"reference_{t}" for t in TASKS[1:]}
+    references = {order[0]: names[0]} | {t: f"reference_{t}" for t in order[1:]}
     per_image = {
         name: json.loads((VAL / f"{name}.json").read_text())
         for name in [*names, *references.values()]
     }
     result = {}
-    for j, task in enumerate(TASKS):
+    for j, task in enumerate(order):
         gt = mini / "det" / "annotations" / "instances_val.json" if task == "det" else None
         runs = {"baseline": names[j], "final": names[-1], "reference": references[task]}
         score = {k: task_scorer(task, per_image[name][task], gt) for k, name in runs.items()}
@@ -76,23 +77,24 @@ def intervals(
 def main() -> None:
     params = load_config("evaluate")
     cfg = params.evaluate
-    names = [f"stage{s}" for s in range(1, len(TASKS) + 1)]
+    order = params.sequence
+    names = [f"stage{s}" for s in range(1, len(order) + 1)]
     stages = [read(name) for name in names]
-    references = {TASKS[0]: stages[0]} | {t: read(f"reference_{t}") for t in TASKS[1:]}
+    references = {order[0]: stages[0]} | {t: read(f"reference_{t}") for t in order[1:]}
     mini, device = Path("data/mini"), resolve_device(params.device)
     model, _ = load_checkpoint(CHECKPOINTS / f"{names[-1]}.pt")
     model.to(device)
     evaluation = evaluate_sequence(
         stages,
         references,
-        intervals(names, mini, cfg, params.seed),
+        intervals(names, order, mini, cfg, params.seed),
         cfg.max_drop,
         cfg.chance_margin,
         count_parameters(model),
     )
     tasks = build_tasks(model.num_classes, params.train.score_threshold)
-    sizes = task_image_sizes(params, TASKS)
-    batch_size = params.stage3.batch_size
+    sizes = task_image_sizes(params, order)
+    batch_size = params.tasks[order[-1]].batch_size
 
     def score(model: torch.nn.Module, task: str) -> float:
         dataset = build_dataset(mini, task, "val", sizes[task], train=False)
@@ -103,7 +105,7 @@ def main() -> None:
         task: running_statistics(
             torch.load(CHECKPOINTS / f"{name}.pt", map_location="cpu", weights_only=True)["model"]
         )
-        for task, name in zip(TASKS[:-1], names, strict=False)
+        for task, name in zip(order[:-1], names, strict=False)
     }
     evaluation["batchnorm"] = {
         "policy": params.model.batchnorm,
@@ -112,7 +114,7 @@ def main() -> None:
     inference = inference_efficiency(model, device, cfg.latency.image_size, cfg.latency.rounds)
     efficiency = efficiency_summary(
         {name: read_timing(METRICS, name) for name in names},
-        {t: read_timing(METRICS, f"reference_{t}") for t in TASKS[1:]},
+        {t: read_timing(METRICS, f"reference_{t}") for t in order[1:]},
         inference,
     )
     write_json(METRICS / "eval.json", evaluation)

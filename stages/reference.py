@@ -1,24 +1,24 @@
-"""Stages reference_det / reference_cls: one stage's task learned alone, from the same fresh
-initialisation as the sequence and with that stage's budget (the single-task reference).
+"""Stages reference2, reference3: the task of a stage learned alone, from the same fresh
+initialisation as the sequence and with its own budget (the single-task reference; the first
+task's is stage 1 itself).
 
-Usage: python stages/reference.py STAGE   (2 = detection, 3 = classification; stage 1 is its own)
+Usage: python stages/reference.py STAGE TASK   (e.g. `2 det`: the reference of stage 2's det)
 """
 
 import sys
 from pathlib import Path
 
 from seqmtl.config import load_config
-from seqmtl.data import TASKS
 from seqmtl.distributed import launch
 from seqmtl.stage import run
 from seqmtl.train import StagePaths, train_stage
 
 
 def main() -> None:
-    stage = int(sys.argv[1])
-    name = f"reference_{TASKS[stage - 1]}"
-    params = load_config(name)
+    stage, task = int(sys.argv[1]), sys.argv[2]
+    params = load_config(f"reference{stage}")
     launch(params.train.processes)
+    name = f"reference_{task}"
     paths = StagePaths(
         mini=Path("data/mini"),
         previous=None,
@@ -30,7 +30,7 @@ def main() -> None:
         plots=Path(f"plots/{name}"),
         resume=Path(f"data/resume/{name}"),
     )
-    train_stage(stage, params, paths, single_task=True)
+    train_stage(stage, params, paths, single_task=True, tasks=[task])
 
 
 if __name__ == "__main__":

@@ -1,21 +1,22 @@
-"""Stage stage{1,2,3}: train one task on top of the previous stage's checkpoint.
+"""Stages stage1, stage2, stage3: learn the last of TASKS on top of the previous stage's
+checkpoint, which serves the others (dvc.yaml passes the first N tasks of `sequence`).
 
-Usage: python stages/train.py STAGE   (1 = segmentation, 2 = detection, 3 = classification)
+Usage: python stages/train.py TASK [TASK ...]   (e.g. `seg det`: stage 2 learns det after seg)
 """
 
 import sys
 from pathlib import Path
 
 from seqmtl.config import load_config
-from seqmtl.data import TASKS
 from seqmtl.distributed import launch
 from seqmtl.stage import run
 from seqmtl.train import StagePaths, train_stage
 
 
 def main() -> None:
-    stage = int(sys.argv[1])
-    params = load_config(f"stage{stage}_{TASKS[stage - 1]}")
+    tasks = sys.argv[1:]
+    stage = len(tasks)
+    params = load_config(f"stage{stage}")
     launch(params.train.processes)
     paths = StagePaths(
         mini=Path("data/mini"),
@@ -28,7 +29,7 @@ def main() -> None:
         plots=Path(f"plots/stage{stage}"),
         resume=Path(f"data/resume/stage{stage}"),
     )
-    train_stage(stage, params, paths)
+    train_stage(stage, params, paths, tasks=tasks)
 
 
 if __name__ == "__main__":

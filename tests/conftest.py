@@ -22,9 +22,9 @@ MIRROR = Path(os.environ.get("SEQMTL_MIRROR", REPO.parent / "shared" / "data" / 
 TINY = {
     "data": {"synthetic": {"n_train": 12, "n_val": 6, "size": 64}},
     "subsample": {"n_train": 8, "n_val": 4},
-    "stage1": {"epochs": 2, "batch_size": 4, "image_size": 64},
-    "stage2": {"epochs": 2, "batch_size": 4, "image_size": 64},
-    "stage3": {"epochs": 2, "batch_size": 4, "image_size": 64},
+    "tasks": {
+        task: {"epochs": 2, "batch_size": 4, "image_size": 64} for task in ("seg", "det", "cls")
+    },
     "train": {"eval_every": 1, "checkpoint_every": 1},
     "gradients": {"batch_small": 2, "batch_big": 4, "projection_dim": 1024},
     "evaluate": {"latency": {"image_size": 64, "rounds": 2}},

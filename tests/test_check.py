@@ -96,11 +96,12 @@ def test_a_tolerance_copy_has_the_params_set_and_no_metrics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(REPO)
-    copy_tree(tmp_path, ["seed=3", "stage3.epochs=7"])
+    copy_tree(tmp_path, ["seed=3", "tasks.cls.epochs=7"])
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    assert params["seed"] == 3 and params["stage3"]["epochs"] == 7
+    assert params["seed"] == 3 and params["tasks"]["cls"]["epochs"] == 7
     assert params["profile"] == "synthetic"
-    assert params["stage2"] == yaml.safe_load((REPO / "params.yaml").read_text())["stage2"]
+    committed = yaml.safe_load((REPO / "params.yaml").read_text())["tasks"]["det"]
+    assert params["tasks"]["det"] == committed
     assert (tmp_path / "dvc.yaml").is_file() and not list((tmp_path / "metrics").glob("*.json"))
     show = ["git", "show", "HEAD:params.yaml"]
     committed = subprocess.run(show, cwd=tmp_path, capture_output=True, text=True, check=True)
@@ -112,7 +113,7 @@ def test_a_tolerance_copy_has_the_params_set_and_no_metrics(
     [
         (["-S", "seed=1"], "need an --out other than results/tolerances/tolerance.json"),
         (
-            ["--target", "stage1_seg", "--out", "results/tolerances/tolerance.json"],
+            ["--target", "stage1", "--out", "results/tolerances/tolerance.json"],
             "need an --out other",
         ),
         (["-S", "stage9.lr=1", "--out", "x.json"], "-S stage9.lr=1: Could not override"),

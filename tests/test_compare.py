@@ -14,7 +14,12 @@ from conftest import REPO
 from seqmtl.compare import aggregate, current, main, plot, read_runs, render, select
 from seqmtl.config import compose
 
-BASE = {"seed": 0, "strategy": "naive", "data": {"source": "synthetic"}, "stage3": {"epochs": 8}}
+BASE = {
+    "seed": 0,
+    "strategy": "naive",
+    "data": {"source": "synthetic"},
+    "tasks": {"cls": {"epochs": 8}},
+}
 # The runs below record their params in the layout of their day: `strategy` a name, each
 # strategy's params in a section of its own (`compare.current` reads them in today's layout).
 
@@ -243,6 +248,7 @@ def test_command_writes_table_json_and_plot(
     assert set(saved["strategies"]) == {"naive", "replay", "lwf"} and saved["fixed"] == {}
     assert (out / "cmp.md").read_text().startswith("# Strategy comparison")
     assert (out / "cmp.png").read_bytes()[:4] == b"\x89PNG"
-    monkeypatch.setattr("sys.argv", ["compare", "--input", "show.json", "-S", "stage3.epochs=99"])
+    argv = ["compare", "--input", "show.json", "-S", "tasks.cls.epochs=99"]
+    monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit, match="no finished run matches"):
         main()

@@ -29,10 +29,11 @@ def test_every_profile_records_its_name_and_keeps_every_key(profile: str) -> Non
 
 
 def test_the_real_profile_and_overrides_on_top() -> None:
-    params = compose(["profile=real", "stage2.epochs=16", "seed=2"], CONF)
+    params = compose(["profile=real", "tasks.det.epochs=16", "seed=2"], CONF)
     assert params["data"]["source"] == "download"
     assert (params["subsample"]["n_train"], params["subsample"]["n_val"]) == (240, 300)
-    assert params["stage2"] == {"epochs": 16, "lr": 0.002, "batch_size": 8, "image_size": 320}
+    assert params["tasks"]["det"] == {"epochs": 16, "lr": 0.002, "batch_size": 8, "image_size": 320}
+    assert params["sequence"] == ["seg", "det", "cls"]
     assert params["seed"] == 2
 
 
@@ -40,7 +41,7 @@ def test_the_real_profile_and_overrides_on_top() -> None:
     ("override", "message"),
     [
         ("profile=nope", "Could not find 'profile/nope'"),
-        ("stage3.lrr=1", "Could not override 'stage3.lrr'"),
+        ("tasks.cls.lrr=1", "Could not override 'tasks.cls.lrr'"),
         ("seed", "Error parsing override 'seed'"),
     ],
 )
@@ -88,7 +89,12 @@ def test_every_profile_parses(profile: str) -> None:
         ({"model": {"pretrained": "yes"}}, r"^model\.pretrained must be true or false"),
         ({"evaluate": {"bootstrap": {"resamples": -5}}}, r"^evaluate\.bootstrap\.resamples"),
         ({"gradients": {"images": 0}}, r"^gradients\.images must be > 0, got 0$"),
-        ({"stage2": "fast"}, r"^stage2: expected a mapping, got 'fast'$"),
+        ({"tasks": {"det": "fast"}}, r"^tasks\.det: expected a mapping, got 'fast'$"),
+        (
+            {"sequence": ["seg", "seg", "cls"]},
+            r"^sequence must order the tasks seg, det, cls, each once, got \['seg', 'seg', 'cls'\]",
+        ),
+        ({"sequence": ["seg", "det"]}, r"^sequence must order the tasks seg, det, cls"),
         ({"train": {"warmup": 1.0}}, r"^train\.warmup must be in \[0, 1\), got 1\.0$"),
     ],
 )
@@ -112,8 +118,15 @@ def test_a_stage_reads_only_what_it_declares(tmp_path: Path) -> None:
         parse(declared(params, stage, REPO / "dvc.yaml"), stage)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     config = load_config("evaluate", tmp_path / "params.yaml", REPO / "dvc.yaml")
-    assert config.stage3.batch_size == params["stage3"]["batch_size"]
-    with pytest.raises(AttributeError, match=r"^stage3\.lr is read by stage evaluate, which"):
-        _ = config.stage3.lr
+    assert config.tasks["cls"].batch_size == params["tasks"]["cls"]["batch_size"]
+    with pytest.raises(AttributeError, match=r"^tasks\.cls\.lr is read by stage evaluate, which"):
+        _ = config.tasks["cls"].lr
+    stage2 = load_config("stage2", tmp_path / "params.yaml", REPO / "dvc.yaml")
+    assert stage2.tasks["det"].lr == params["tasks"]["det"]["lr"]
+    assert stage2.tasks["seg"].image_size == params["tasks"]["seg"]["image_size"]
+    with pytest.raises(AttributeError, match=r"^tasks\.cls is read by stage stage2, which"):
+        _ = stage2.tasks["cls"]
+    with pytest.raises(AttributeError, match=r"^sequence is read by stage stage2, which"):
+        _ = stage2.sequence
     with pytest.raises(AttributeError, match=r"^strategy is read by stage evaluate"):
         _ = config.strategy

@@ -13,7 +13,7 @@ import yaml
 from torch.utils.data import DistributedSampler
 
 from conftest import REPO, tiny_params
-from seqmtl.data import build_dataset
+from seqmtl.data import TASKS, build_dataset
 
 TOLERANCE = json.loads((REPO / "results" / "tolerances" / "tolerance.json").read_text())["metrics"]
 
@@ -21,14 +21,15 @@ TOLERANCE = json.loads((REPO / "results" / "tolerances" / "tolerance.json").read
 def stage(
     root: Path, mini: Path, number: int, *overrides: str, **change: object
 ) -> subprocess.CompletedProcess:
-    """`python stages/train.py number` in `root` (params: `tiny_params(*overrides, **change)`)."""
+    """Stage `number` of the default order in `root` (`python stages/train.py seg det …`; params:
+    `tiny_params(*overrides, **change)`)."""
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(*overrides, **change)))
     (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     (root / "data").mkdir(exist_ok=True)
     if not (root / "data" / "mini").exists():
         (root / "data" / "mini").symlink_to(mini)
     return subprocess.run(
-        [sys.executable, str(REPO / "stages" / "train.py"), str(number)],
+        [sys.executable, str(REPO / "stages" / "train.py"), *TASKS[:number]],
         cwd=root, capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
 
@@ -110,7 +111,7 @@ def test_rank_zero_alone_evaluates_and_writes(runs: dict[str, Path]) -> None:
 def test_a_batch_the_processes_cannot_share_is_rejected(tiny_mini: Path, tmp_path: Path) -> None:
     done = stage(tmp_path, tiny_mini, 1, train={"processes": 3})
     assert done.returncode != 0
-    assert "stage1.batch_size (4) must be divisible by the 3 processes" in done.stderr
+    assert "tasks.seg.batch_size (4) must be divisible by the 3 processes" in done.stderr
     assert not (tmp_path / "metrics").exists()
 
 

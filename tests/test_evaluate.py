@@ -199,7 +199,7 @@ def test_figures_are_written_byte_identically(tmp_path: Path) -> None:
 
 
 def test_reference_trains_one_task_alone(tiny_mini: Path, tmp_path: Path) -> None:
-    params = stage_config(tiny_params(stage2={"epochs": 1}), "reference_det")  # no strategy
+    params = stage_config(tiny_params(tasks={"det": {"epochs": 1}}), "reference2")  # no strategy
     paths = StagePaths(
         mini=tiny_mini,
         previous=None,
@@ -210,7 +210,7 @@ def test_reference_trains_one_task_alone(tiny_mini: Path, tmp_path: Path) -> Non
         timing=tmp_path / "reference_det_time.json",
         plots=tmp_path / "reference_det",
     )
-    metrics = train_stage(2, params, paths, single_task=True)
+    metrics = train_stage(2, params, paths, single_task=True, tasks=["det"])
     assert metrics["task"] == "det" and metrics["strategy"] == "naive"
     assert set(metrics["final"]) == set(metrics["chance"]) == {"det"}
     assert json.loads(paths.metrics.read_text()) == metrics

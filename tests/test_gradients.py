@@ -162,7 +162,7 @@ def tiny_run(tiny_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     `tiny_mini`."""
     root = tmp_path_factory.mktemp("gradients")
     one_epoch = {"epochs": 1}
-    params = tiny_params(stage1=one_epoch, stage2=one_epoch)
+    params = tiny_params(tasks={"seg": one_epoch, "det": one_epoch})
     params["gradients"] = {
         "images": None,
         "batch_small": 2,

@@ -62,16 +62,18 @@ def test_second_repro_does_nothing(repo: Path) -> None:
 def test_param_changes_rerun_only_what_reads_them(repo: Path) -> None:
     set_params(repo, {"evaluate": {"max_drop": 0.1}})
     assert ran(run(repo, "dvc", "repro")) == {"evaluate"}
-    set_params(repo, {"stage3": {"epochs": 1}})
+    set_params(repo, {"tasks": {"cls": {"epochs": 1}}})
     assert ran(run(repo, "dvc", "repro")) == {
-        "stage3_cls",
-        "reference_cls",
+        "stage3",
+        "reference3",
         "evaluate",
         "gradients",
     }
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(params | {"strategy": {"name": "replay"}}))
-    assert ran(run(repo, "dvc", "repro")) == {"stage2_det", "stage3_cls", "evaluate", "gradients"}
+    replay = {"name": "replay", "terms": {"replay": {}}, "rule": {"name": "sum"}, "freeze": {},
+              "trunk": "shared"}  # fmt: skip
+    (repo / "params.yaml").write_text(yaml.safe_dump(params | {"strategy": replay}))
+    assert ran(run(repo, "dvc", "repro")) == {"stage2", "stage3", "evaluate", "gradients"}
     set_params(repo, {"subsample": {"n_val": 3}})
     assert ran(run(repo, "dvc", "repro", "subsample")) == {"subsample"}
 
@@ -113,11 +115,11 @@ def test_queued_sweep_comparison_and_export(repo: Path) -> None:
     sweep("replay")  # ... and the next one restores them from the run cache
     names = run(repo, "dvc", "exp", "ls", "--name-only").split()
     logs = {name: run(repo, "dvc", "queue", "logs", name) for name in names}
-    first = [name for name, log in logs.items() if "Running stage 'stage1_seg'" in log]
+    first = [name for name, log in logs.items() if "Running stage 'stage1'" in log]
     assert len(names) == 2 and len(first) == 1
     (second,) = set(names) - set(first)
-    assert "Running stage 'stage2_det'" in logs[second]
-    for stage in ("stage1_seg", "reference_det", "reference_cls"):
+    assert "Running stage 'stage2'" in logs[second]
+    for stage in ("stage1", "reference2", "reference3"):
         assert f"Running stage '{stage}'" not in logs[second]
     shown = run(repo, "dvc", "exp", "show", "--csv").splitlines()
     column = shown[0].split(",").index("profile")  # every run records its profile
@@ -198,3 +200,25 @@ def test_a_changed_mirror_reruns_download_and_an_unchanged_one_does_not(
     sources = json.loads((root / "data" / "sources.json").read_text())["archives"]
     digest = hashlib.sha256((mirror / "imagenette2-160.tgz").read_bytes()).hexdigest()
     assert sources["imagenette2-160.tgz"] == f"sha256:{digest}"
+
+
+def test_another_task_order_runs_end_to_end(repo: Path) -> None:
+    """The synthetic default in the order cls -> det -> seg, through `dvc exp run`: stage 1 learns
+    cls, stage 2 det after it, stage 3 seg after both; the forgetting matrix and the report read
+    in that order. det's reference (stage 2's task in both orders, same settings) comes from DVC's
+    run cache; seg's is new."""
+    out = run(repo, "dvc", "exp", "run", "-n", "cls-first", "-S", "sequence=[cls,det,seg]")
+    assert "Running stage 'reference2'" not in out and "Running stage 'reference3'" in out
+    metrics = repo / "metrics"
+    learned = [json.loads((metrics / f"stage{s}.json").read_text())["task"] for s in (1, 2, 3)]
+    assert learned == ["cls", "det", "seg"]
+    evaluation = json.loads((metrics / "eval.json").read_text())
+    assert evaluation["sequence"] == ["cls", "det", "seg"]
+    rows = evaluation["matrix"]
+    assert [set(rows[f"stage{s}"]) for s in (1, 2, 3)] == [
+        {"cls"}, {"cls", "det"}, {"cls", "det", "seg"}
+    ]  # fmt: skip
+    assert set(evaluation["forgetting"]) == {"cls", "det", "mean"}
+    assert (metrics / "reference_seg.json").is_file()
+    report = (metrics / "report.md").read_text()
+    assert "learns cls → det → seg" in report and "| 1 (cls) |" in report

@@ -13,6 +13,7 @@ import yaml
 
 from conftest import REPO, tiny_params
 from seqmtl import resume
+from seqmtl.data import TASKS
 from seqmtl.resume import fingerprint
 
 OUTPUTS = (
@@ -28,7 +29,7 @@ OUTPUTS = (
 def project(root: Path, mini: Path, strategy: str) -> None:
     """A folder that runs stages/train.py: params (tiny, stage 2 over 4 epochs with a resume
     state after each), dvc.yaml, the mini datasets."""
-    change = {"stage2": {"epochs": 4}, "train": {"checkpoint_every": 1}}
+    change = {"tasks": {"det": {"epochs": 4}}, "train": {"checkpoint_every": 1}}
     (root / "data").mkdir(parents=True)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(f"strategy={strategy}", **change)))
     (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
@@ -36,8 +37,9 @@ def project(root: Path, mini: Path, strategy: str) -> None:
 
 
 def stage(root: Path, number: int) -> subprocess.Popen:
+    """Stage `number` of the default order (`python stages/train.py seg det …`) in `root`."""
     return subprocess.Popen(
-        [sys.executable, str(REPO / "stages" / "train.py"), str(number)],
+        [sys.executable, str(REPO / "stages" / "train.py"), *TASKS[:number]],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

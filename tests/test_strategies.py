@@ -28,9 +28,9 @@ SMALL = {
     "device": "cpu",
     "model": {"backbone": "mobilenet_v3_small", "pretrained": False, "channels": 16,
               "head_layers": 2},
-    "stage1": {"epochs": 1, "batch_size": 4, "image_size": 64},
-    "stage2": {"epochs": 1, "batch_size": 4, "image_size": 64},
-    "stage3": {"epochs": 1, "batch_size": 4, "image_size": 64},
+    "tasks": {
+        task: {"epochs": 1, "batch_size": 4, "image_size": 64} for task in ("seg", "det", "cls")
+    },
     "train": {"eval_every": 1, "checkpoint_every": 1},
     "replay_buffer": {"per_task": 4, "batch_size": 2},
 }  # fmt: skip

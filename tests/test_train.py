@@ -40,11 +40,12 @@ def paths(root: Path, mini: Path, stage: int) -> StagePaths:
 @pytest.fixture(scope="module")
 def three_stages(tiny_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("run")
-    for stage, task in enumerate(TASKS, 1):  # each stage sees only what dvc.yaml declares for it
+    for stage in (1, 2, 3):  # each stage sees only what dvc.yaml declares for it
         train_stage(
             stage,
-            stage_config(tiny_params(), f"stage{stage}_{task}"),
+            stage_config(tiny_params(), f"stage{stage}"),
             paths(root, tiny_mini, stage),
+            tasks=list(TASKS[:stage]),
         )
     return root
 
@@ -105,21 +106,26 @@ def test_a_task_starting_on_a_trained_trunk_starts_at_zero_output_weights(
 
 
 def test_stage1_reads_no_strategy(tiny_mini: Path, tmp_path: Path) -> None:
-    config = stage_config(tiny_params(strategy={"name": "no-such-thing"}), "stage1_seg")
-    with pytest.raises(
-        AttributeError, match="strategy is read by stage stage1_seg, which does not"
-    ):
+    config = stage_config(tiny_params(strategy={"name": "no-such-thing"}), "stage1")
+    with pytest.raises(AttributeError, match="strategy is read by stage stage1, which does not"):
         _ = config.strategy
-    assert train_stage(1, config, paths(tmp_path, tiny_mini, 1))["strategy"] == "naive"
+    metrics = train_stage(1, config, paths(tmp_path, tiny_mini, 1), tasks=["seg"])
+    assert metrics["strategy"] == "naive"
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"stage1": {"epochs": -1}}, r"^stage1\.epochs must be > 0, got -1$"),
-        ({"stage1": {"epochs": "six"}}, r"^stage1\.epochs must be an integer, got 'six'$"),
-        ({"stage1": {"lr": 0}}, r"^stage1\.lr must be > 0, got 0$"),
-        ({"stage1": {"image_size": 70}}, r"^stage1\.image_size must be a multiple of 32"),
+        ({"tasks": {"seg": {"epochs": -1}}}, r"^tasks\.seg\.epochs must be > 0, got -1$"),
+        (
+            {"tasks": {"seg": {"epochs": "six"}}},
+            r"^tasks\.seg\.epochs must be an integer, got 'six'$",
+        ),
+        ({"tasks": {"seg": {"lr": 0}}}, r"^tasks\.seg\.lr must be > 0, got 0$"),
+        (
+            {"tasks": {"seg": {"image_size": 70}}},
+            r"^tasks\.seg\.image_size must be a multiple of 32",
+        ),
         ({"train": {"precision": "fp16"}}, r"^train\.precision must be one of fp32, bf16"),
         ({"train": {"backbone_lr": -1}}, r"^train\.backbone_lr must be >= 0, got -1$"),
         ({"model": {"batchnorm": "sync"}}, r"^model\.batchnorm must be one of frozen, train"),
@@ -199,7 +205,8 @@ def test_every_task_is_trained_and_evaluated_at_its_own_size(
     monkeypatch.setattr(seqmtl.train, "build_dataset", spy)
     stage2 = paths(tmp_path, tiny_mini, 2)
     stage2 = StagePaths(**{**stage2.__dict__, "previous": three_stages / "checkpoints/stage1.pt"})
-    train_stage(2, params("strategy=replay", stage2={"image_size": 96, "epochs": 1}), stage2)
+    det = {"image_size": 96, "epochs": 1}
+    train_stage(2, params("strategy=replay", tasks={"det": det}), stage2)
     assert ("seg", "val", 64) in built and ("seg", "train", 64) in built  # replayed at 64
     assert ("det", "val", 96) in built and ("det", "train", 96) in built
     assert {size for task, _, size in built if task == "seg"} == {64}

@@ -17,6 +17,10 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+TASKS = ("seg", "det", "cls")
+"""The tasks a configuration may name (`sequence`, `tasks`), in the order of the head's output
+channels; each is registered in `seqmtl.data` (its reader) and `seqmtl.tasks` (its loss and
+metric)."""
 CONF = Path("conf")
 PARAMS = Path("params.yaml")
 PIPELINE = Path("dvc.yaml")
@@ -27,6 +31,23 @@ class Undeclared:
 
     def __init__(self, key: str, stage: str) -> None:
         self.key, self.stage = key, stage
+
+
+class Declared(dict):
+    """A mapping section (e.g. `tasks`) of which a stage may declare only some entries; reading an
+    absent one raises an AttributeError naming it where the loading stage did not declare it."""
+
+    def __init__(self, entries: dict[str, Any], key: str, stage: str | None) -> None:
+        super().__init__(entries)
+        self.key, self.stage = key, stage
+
+    def __missing__(self, name: str) -> Any:
+        if self.stage is None:
+            raise KeyError(f"{self.key}.{name}")
+        raise AttributeError(
+            f"{self.key}.{name} is read by stage {self.stage}, which does not declare it in "
+            "dvc.yaml's params"
+        )
 
 
 @dataclass(frozen=True)
@@ -45,11 +66,8 @@ class Section:
     def as_dict(self) -> dict[str, Any]:
         """The declared params as a mapping (nested sections as mappings)."""
         values = {f.name: object.__getattribute__(self, f.name) for f in fields(self)}
-        return {
-            name: value.as_dict() if isinstance(value, Section) else value
-            for name, value in values.items()
-            if not isinstance(value, Undeclared)
-        }
+        kept = {n: v for n, v in values.items() if not isinstance(v, Undeclared)}
+        return {name: plain(value) for name, value in kept.items()}
 
     @classmethod
     def arrange(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +76,15 @@ class Section:
 
     def check(self, key: str) -> None:
         """Constraints between fields (default: none); a ValueError names the param."""
+
+
+def plain(value: Any) -> Any:
+    """A section, or a mapping of them, as plain mappings."""
+    if isinstance(value, Section):
+        return value.as_dict()
+    if isinstance(value, Declared):
+        return {name: plain(entry) for name, entry in value.items()}
+    return value
 
 
 def rule(test: Callable[[Any], bool], text: str) -> Any:
@@ -125,7 +152,10 @@ class Train(Section):
 
 
 @dataclass(frozen=True)
-class Stage(Section):
+class TaskSettings(Section):
+    """How one task is trained: in its stage of the sequence and in its single-task reference;
+    it is also replayed, evaluated and analysed at its `image_size`."""
+
     epochs: int = positive()
     lr: float = positive()
     batch_size: int = positive()
@@ -200,16 +230,21 @@ class Config(Section):
     subsample: Subsample
     model: Model
     train: Train
-    stage1: Stage
-    stage2: Stage
-    stage3: Stage
+    sequence: list[str]
+    tasks: dict[str, TaskSettings]
     replay_buffer: ReplayBuffer
     evaluate: Evaluate
     gradients: Gradients
 
-    def stage(self, number: int) -> Stage:
-        """The section `stage<number>`."""
-        return getattr(self, f"stage{number}")
+    def check(self, key: str) -> None:
+        if sorted(self.sequence) != sorted(TASKS):
+            raise ValueError(
+                f"sequence must order the tasks {', '.join(TASKS)}, each once, got {self.sequence}"
+            )
+        if sorted(self.tasks) != sorted(TASKS):
+            raise ValueError(
+                f"tasks must hold the settings of {', '.join(TASKS)}, got {list(self.tasks)}"
+            )
 
 
 def parse(data: Any, stage: str | None = None) -> Config:
@@ -265,6 +300,12 @@ def _value(kind: Any, value: Any, key: str, stage: str | None) -> Any:
         if isinstance(value, list) and all(isinstance(v, args[0]) for v in value):
             return value
     elif origin is dict:
+        if isinstance(value, dict) and isinstance(args[1], type) and issubclass(args[1], Section):
+            return Declared(
+                {name: _section(args[1], v, f"{key}.{name}", stage) for name, v in value.items()},
+                key,
+                stage,
+            )
         if isinstance(value, dict):
             return value
     elif kind is type(None):
@@ -292,11 +333,31 @@ def _describe(kind: Any) -> str:
     return names.get(origin or kind, str(kind))
 
 
+def templated(value: Any, params: dict[str, Any]) -> Any:
+    """`value` (a part of dvc.yaml) with the `${…}` templates of its strings, mapping keys
+    included, resolved against `params` as DVC resolves them (OmegaConf's grammar covers the
+    forms dvc.yaml uses: `${sequence[1]}`)."""
+    from omegaconf import OmegaConf
+
+    def resolve(text: str) -> str:
+        if "${" not in text:
+            return text
+        node = OmegaConf.create(params | {"_templated": text})
+        return OmegaConf.to_container(node, resolve=True)["_templated"]
+
+    if isinstance(value, dict):
+        return {resolve(k): templated(v, params) for k, v in value.items()}
+    if isinstance(value, list):
+        return [templated(v, params) for v in value]
+    return resolve(value) if isinstance(value, str) else value
+
+
 def declared(params: dict[str, Any], stage: str, pipeline: Path = PIPELINE) -> dict[str, Any]:
     """The part of `params` that `stage` of `pipeline` (dvc.yaml) lists under `params:` (keys
-    of params.yaml, dotted for nested ones)."""
+    of params.yaml, dotted for nested ones, with DVC's `${…}` templates, e.g.
+    `tasks.${sequence[1]}`, resolved against `params` as DVC resolves them)."""
     with open(pipeline) as handle:
-        keys = yaml.safe_load(handle)["stages"][stage].get("params", [])
+        keys = templated(yaml.safe_load(handle)["stages"][stage].get("params", []), params)
     subset: dict[str, Any] = {}
     for key in keys:
         *parents, leaf = key.split(".")

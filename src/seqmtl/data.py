@@ -25,9 +25,8 @@ from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from seqmtl.config import Config
+from seqmtl.config import TASKS, Config
 
-TASKS = ("seg", "det", "cls")
 VOC_CLASSES = (
     "background",
     "aeroplane",
@@ -66,11 +65,11 @@ class DataError(ValueError):
     """Bad input data; the message names the offending file or folder."""
 
 
-def task_order(mapping: dict[str, Any]) -> dict[str, Any]:
-    """`mapping` with its task keys in the sequence's order, then its other keys: results read
-    back from key-sorted JSON are reported in the order the tasks were learned."""
-    return {t: mapping[t] for t in TASKS if t in mapping} | {
-        key: value for key, value in mapping.items() if key not in TASKS
+def task_order(mapping: dict[str, Any], order: list[str]) -> dict[str, Any]:
+    """`mapping` with its task keys in `order` (the sequence's), then its other keys: results
+    read back from key-sorted JSON are reported in the order the tasks were learned."""
+    return {t: mapping[t] for t in order if t in mapping} | {
+        key: value for key, value in mapping.items() if key not in order
     }
 
 
@@ -302,9 +301,9 @@ class ClsDataset(TaskDataset):
 
 
 def task_image_sizes(params: Config, tasks: list[str] | tuple[str, ...]) -> dict[str, int]:
-    """Each task's image side: that of the stage that learns it (`stageN.image_size`). A task is
-    trained, replayed, evaluated and analysed at its own size in every stage."""
-    return {t: params.stage(TASKS.index(t) + 1).image_size for t in tasks}
+    """Each task's image side (`tasks.<task>.image_size`): a task is trained, replayed, evaluated
+    and analysed at its own size in every stage."""
+    return {t: params.tasks[t].image_size for t in tasks}
 
 
 def build_dataset(mini: Path, task: str, split: str, size: int, train: bool) -> TaskDataset:

@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from seqmtl.data import TASKS
 from seqmtl.files import file_digest
 from seqmtl.runtime import machine, peak_memory_mb
 from seqmtl.tasks import Classification, Detection, Segmentation
@@ -50,11 +49,17 @@ DIGITS = 6
 Matrix = list[list[float]]
 
 
+def sequence(stages: list[dict[str, Any]]) -> list[str]:
+    """The tasks in the order the stages learned them (each stage's metrics name its `task`)."""
+    return [stage["task"] for stage in stages]
+
+
 def forgetting_matrix(stages: list[dict[str, Any]]) -> Matrix:
-    """R[i][j] from the stage metrics (metrics/stage{i+1}.json): task j's primary metric in
-    stage i + 1's final scores, for j <= i."""
+    """R[i][j] from the stage metrics (metrics/stage{i+1}.json): the primary metric of the task
+    learned j-th in stage i + 1's final scores, for j <= i."""
+    order = sequence(stages)
     return [
-        [stage["final"][task][PRIMARY[task]] for task in TASKS[: i + 1]]
+        [stage["final"][task][PRIMARY[task]] for task in order[: i + 1]]
         for i, stage in enumerate(stages)
     ]
 
@@ -111,11 +116,12 @@ def evaluate_sequence(
     """The deterministic evaluation (metrics/eval.json) from the stage metrics in order, per task
     the metrics of its single-task reference, per task the bootstrap intervals of its drop
     against the baseline and the reference (`intervals[task]["vs_baseline" | "vs_reference"]`),
-    and the final model's parameter count. Chance levels come from the last stage."""
-    matrix = forgetting_matrix(stages)
+    and the final model's parameter count. Chance levels come from the last stage; tasks are
+    read in the order they were learned (`sequence`)."""
+    order, matrix = sequence(stages), forgetting_matrix(stages)
     chance = stages[-1]["chance"]
     tasks = {}
-    for j, task in enumerate(TASKS[: len(stages)]):
+    for j, task in enumerate(order):
         baseline, final = matrix[j][j], matrix[-1][j]
         reference = references[task]["final"][task][PRIMARY[task]]
         tasks[task] = {
@@ -133,14 +139,15 @@ def evaluate_sequence(
                 reference, final, chance[task], chance_margin, intervals[task]["vs_reference"]
             ),
         }
-    per_task = dict(zip(TASKS, forgetting(matrix), strict=False))
+    per_task = dict(zip(order, forgetting(matrix), strict=False))
     return {
         "strategy": stages[-1]["strategy"],
+        "sequence": order,
         "max_drop": max_drop,
         "chance_margin": chance_margin,
         "tasks": tasks,
         "matrix": {
-            f"stage{i + 1}": dict(zip(TASKS, row, strict=False)) for i, row in enumerate(matrix)
+            f"stage{i + 1}": dict(zip(order, row, strict=False)) for i, row in enumerate(matrix)
         },
         "forgetting": per_task | {"mean": round(statistics.fmean(per_task.values()), DIGITS)},
         "bwt": backward_transfer(matrix),

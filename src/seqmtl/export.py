@@ -16,24 +16,16 @@ import json
 import tempfile
 from pathlib import Path
 
+import yaml
 from dvc.api import DVCFileSystem
 
+from seqmtl.data import TASKS
 from seqmtl.figures import write_figures
 from seqmtl.files import atomic_dir
 from seqmtl.report import write_report
 
-RESULTS = (
-    "data.json",
-    "stage1.json",
-    "stage2.json",
-    "stage3.json",
-    "reference_det.json",
-    "reference_cls.json",
-    "eval.json",
-    "efficiency.json",
-    "gradients.json",
-)
-CURVES = ("stage1", "stage2", "stage3", "reference_det", "reference_cls")
+RESULTS = ("data", "stage1", "stage2", "stage3", "eval", "efficiency", "gradients")
+STAGES = ("stage1", "stage2", "stage3")
 
 
 def export(rev: str, name: str, root: Path = Path(".")) -> Path:
@@ -48,13 +40,16 @@ def export(rev: str, name: str, root: Path = Path(".")) -> Path:
     kept = root / "results" / name
     with tempfile.TemporaryDirectory() as tmp, atomic_dir(kept) as out:
         fs.get_file("params.yaml", str(out / "params.yaml"))
-        for result in RESULTS:
-            if fs.exists(f"metrics/{result}"):
-                fs.get_file(f"metrics/{result}", str(out / result))
-        for curves in CURVES:
+        order = yaml.safe_load((out / "params.yaml").read_text()).get("sequence", list(TASKS))
+        references = [f"reference_{task}" for task in order[1:]]
+        for result in [*RESULTS, *references]:
+            if fs.exists(f"metrics/{result}.json"):
+                fs.get_file(f"metrics/{result}.json", str(out / f"{result}.json"))
+        for curves in [*STAGES, *references]:
             if fs.exists(f"plots/{curves}"):
                 fs.get(f"plots/{curves}", f"{tmp}/{curves}", recursive=True)
         evaluation = json.loads((out / "eval.json").read_text())
+        evaluation.setdefault("sequence", order)  # runs evaluated before it was recorded
         efficiency = json.loads((out / "efficiency.json").read_text())
         figures = write_figures(Path(tmp), out / "plots", evaluation)
         write_report(out / "report.md", evaluation, efficiency, figures)

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from seqmtl.data import TASKS, task_order
+from seqmtl.data import task_order
 from seqmtl.evaluate import METRIC_NAME
 from seqmtl.files import atomic_dir, save_png
 from seqmtl.logs import read_weights
@@ -31,9 +31,9 @@ def stage_spans(train: pd.DataFrame) -> Spans:
     return {int(s): (int(lo), int(hi)) for s, lo, hi in epochs.itertuples()}
 
 
-def mark_stages(ax: Axes, spans: Spans, label: bool) -> None:
-    """Shade every other stage and draw the stage boundaries; with `label`, name the stages on a
-    top axis."""
+def mark_stages(ax: Axes, spans: Spans, label: bool, order: list[str]) -> None:
+    """Shade every other stage and draw the stage boundaries; with `label`, name the stages (and
+    their tasks, `order`) on a top axis."""
     for s, (lo, hi) in spans.items():
         if s % 2 == 0:
             ax.axvspan(lo - 1, hi, color="0.5", alpha=0.08, lw=0)
@@ -43,12 +43,12 @@ def mark_stages(ax: Axes, spans: Spans, label: bool) -> None:
         top = ax.secondary_xaxis("top")
         top.set_xticks(
             [(lo - 1 + hi) / 2 for lo, hi in spans.values()],
-            [f"stage {s}: {TASKS[s - 1]}" for s in spans],
+            [f"stage {s}: {order[s - 1]}" for s in spans],
         )
         top.tick_params(length=0)
 
 
-def loss_figure(train: pd.DataFrame, spans: Spans) -> Figure:
+def loss_figure(train: pd.DataFrame, spans: Spans, order: list[str]) -> Figure:
     """Each loss term's training loss (sum of its components, per epoch) over global epochs."""
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax = fig.add_subplot()
@@ -60,7 +60,7 @@ def loss_figure(train: pd.DataFrame, spans: Spans) -> Figure:
     ax.set_xlabel("global epoch")
     ax.set_ylabel("training loss (log scale)")
     ax.legend(title="loss term", fontsize=8)
-    mark_stages(ax, spans, label=True)
+    mark_stages(ax, spans, label=True, order=order)
     return fig
 
 
@@ -70,7 +70,8 @@ def forgetting_figure(
     """One panel per task: its val metric over global epochs, its baseline and the tolerance line
     (1 - max_drop) x baseline from the end of its stage on, its single-task reference (drawn over
     its stage's epochs) and the chance level."""
-    tasks = task_order(evaluation["tasks"])
+    order = evaluation["sequence"]
+    tasks = task_order(evaluation["tasks"], order)
     keep = 1 - evaluation["max_drop"]
     last = max(hi for _, hi in spans.values())
     fig = Figure(figsize=(9, 2.5 * len(tasks)), layout="constrained")
@@ -98,7 +99,7 @@ def forgetting_figure(
             fontsize=9,
         )
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
-        mark_stages(ax, spans, label=j == 0)
+        mark_stages(ax, spans, label=j == 0, order=order)
     axes[-1].set_xlabel("global epoch")
     return fig
 
@@ -106,7 +107,8 @@ def forgetting_figure(
 def matrix_figure(evaluation: dict) -> Figure:
     """The forgetting matrix as a heatmap: each cell annotated with R[i][j] and coloured by the
     fraction of task j's baseline kept (grey when the task was never learned)."""
-    tasks, rows = task_order(evaluation["tasks"]), evaluation["matrix"]
+    order, rows = evaluation["sequence"], evaluation["matrix"]
+    tasks = task_order(evaluation["tasks"], order)
     kept = np.full((len(rows), len(tasks)), np.nan)
     fig = Figure(figsize=(1.9 * len(tasks) + 2.2, 1.0 * len(rows) + 1.2), layout="constrained")
     ax = fig.add_subplot()
@@ -127,13 +129,13 @@ def matrix_figure(evaluation: dict) -> Figure:
     ax.set_xticks(
         range(len(tasks)), [f"{t} ({METRIC_NAME[e['metric']]})" for t, e in tasks.items()]
     )
-    ax.set_yticks(range(len(rows)), [f"after stage {i + 1} ({TASKS[i]})" for i in range(len(rows))])
+    ax.set_yticks(range(len(rows)), [f"after stage {i + 1} ({order[i]})" for i in range(len(rows))])
     ax.set_title("Forgetting matrix R[i][j]: task j after stage i", fontsize=10)
     fig.colorbar(image, ax=ax, label="fraction of baseline kept")
     return fig
 
 
-def weights_figure(weights: dict[int, pd.DataFrame], strategy: str) -> Figure:
+def weights_figure(weights: dict[int, pd.DataFrame], strategy: str, order: list[str]) -> Figure:
     """The loss weights w_<term> a strategy logged per step, one panel per stage."""
     fig = Figure(figsize=(8, 2.6 * len(weights)), layout="constrained")
     axes = fig.subplots(len(weights), 1, squeeze=False)[:, 0]
@@ -141,7 +143,7 @@ def weights_figure(weights: dict[int, pd.DataFrame], strategy: str) -> Figure:
         for column in (c for c in frame.columns if c.startswith("w_")):
             term = column.removeprefix("w_")
             ax.plot(frame["step"], frame[column], color=TASK_COLOR.get(term), label=term)
-        ax.set_title(f"stage {stage} ({TASKS[stage - 1]}): {strategy} loss weights", fontsize=9)
+        ax.set_title(f"stage {stage} ({order[stage - 1]}): {strategy} loss weights", fontsize=9)
         ax.set_xlabel("step within the stage")
         ax.set_ylabel("weight")
         ax.legend(fontsize=8)
@@ -151,15 +153,15 @@ def weights_figure(weights: dict[int, pd.DataFrame], strategy: str) -> Figure:
 def write_figures(plots: Path, out: Path, evaluation: dict[str, Any]) -> dict[str, Path]:
     """Render the figures from the per-epoch CSVs under `plots` (stageN/, reference_<task>/) into
     the folder `out`, which they replace as a whole; returns caption -> path."""
-    stages = range(1, len(evaluation["matrix"]) + 1)
+    stages, order = range(1, len(evaluation["matrix"]) + 1), evaluation["sequence"]
     train = pd.concat([pd.read_csv(plots / f"stage{s}" / "train.csv") for s in stages])
     val = pd.concat([pd.read_csv(plots / f"stage{s}" / "val.csv") for s in stages])
     references = {
-        t: pd.read_csv(plots / f"reference_{t}" / "val.csv") for t in TASKS[1 : len(stages)]
+        t: pd.read_csv(plots / f"reference_{t}" / "val.csv") for t in order[1 : len(stages)]
     }
     spans = stage_spans(train)
     figures = {
-        "Training loss per stage": ("loss.png", loss_figure(train, spans)),
+        "Training loss per stage": ("loss.png", loss_figure(train, spans, order)),
         "Each task's val metric over the sequence, with its tolerance line": (
             "forgetting.png",
             forgetting_figure(val, references, spans, evaluation),
@@ -171,7 +173,7 @@ def write_figures(plots: Path, out: Path, evaluation: dict[str, Any]) -> dict[st
     if weights:
         figures["Loss weights over steps"] = (
             "loss_weights.png",
-            weights_figure(weights, evaluation["strategy"]),
+            weights_figure(weights, evaluation["strategy"], order),
         )
     with atomic_dir(out) as folder:
         for name, fig in figures.values():

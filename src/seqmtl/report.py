@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from seqmtl.data import TASKS, task_order
+from seqmtl.data import task_order
 from seqmtl.evaluate import METRIC_NAME
 from seqmtl.files import atomic_file
 
@@ -56,7 +56,7 @@ def findings(evaluation: dict[str, Any]) -> list[str]:
     """Sentences on what the verdicts alone would hide: tasks never learned, tasks forgotten down to
     chance, references that learned nothing."""
     lines = []
-    for task, e in task_order(evaluation["tasks"]).items():
+    for task, e in task_order(evaluation["tasks"], evaluation["sequence"]).items():
         name = f"{task} {METRIC_NAME[e['metric']]}"
         if not e["learned"]:
             lines.append(
@@ -81,7 +81,7 @@ def run_times(summary: dict[str, Any]) -> str:
     """Each timed run's seconds, then the runs DVC restored from its run cache (untimed; summaries
     written before runs were told apart have no such list)."""
     return ", ".join(
-        [f"{name} {r['train_seconds']:.1f} s" for name, r in task_order(summary["runs"]).items()]
+        [f"{name} {r['train_seconds']:.1f} s" for name, r in summary["runs"].items()]
         + [
             f"{name} restored from DVC's run cache (not timed)"
             for name in summary.get("untimed", [])
@@ -98,7 +98,8 @@ def render_report(
     evaluation: dict[str, Any], efficiency: dict[str, Any], figures: dict[str, str]
 ) -> str:
     """The report; `figures` maps each caption to its image's path relative to the report."""
-    tasks, matrix = task_order(evaluation["tasks"]), evaluation["matrix"]
+    order, matrix = evaluation["sequence"], evaluation["matrix"]
+    tasks = task_order(evaluation["tasks"], order)
     n = len(tasks)
     limit = f"{100 * evaluation['max_drop']:g} %"
     task_rows = [
@@ -117,9 +118,9 @@ def render_report(
         for task, e in tasks.items()
     ]
     matrix_rows = [
-        [f"{i + 1} ({TASKS[i]})"]
+        [f"{i + 1} ({order[i]})"]
         + [
-            "—" if t not in row else f"**{row[t]:.3f}**" if t == TASKS[i] else f"{row[t]:.3f}"
+            "—" if t not in row else f"**{row[t]:.3f}**" if t == order[i] else f"{row[t]:.3f}"
             for t in tasks
         ]
         for i, row in enumerate(matrix.values())
@@ -132,7 +133,7 @@ def render_report(
         )
         or "—"
     )
-    forgetting = task_order(evaluation["forgetting"])
+    forgetting = task_order(evaluation["forgetting"], order)
     per_task_forgetting = ", ".join(f"{t} {v:.3f}" for t, v in forgetting.items() if t != "mean")
     training, references, inference = (
         efficiency[key] for key in ("training", "references", "inference")
@@ -178,7 +179,7 @@ def render_report(
             f"{d['weight_drift']:+.3f}",
             f"{d['statistics_drift']:+.3f}",
         ]
-        for task, d in task_order(batchnorm["tasks"] if batchnorm else {}).items()
+        for task, d in task_order(batchnorm["tasks"] if batchnorm else {}, order).items()
         if d is not None
     ]
     parts = [
@@ -192,7 +193,7 @@ def render_report(
         f"images in brackets; a task passes when the interval's upper end is at most {limit}, "
         "fails when its lower end is above it, and is undecided otherwise. "
         "The stricter comparison is with the single-task reference: the same initialisation "
-        f"trained on that task alone with the same budget (for {TASKS[0]}, stage 1 itself). "
+        f"trained on that task alone with the same budget (for {order[0]}, stage 1 itself). "
         "A task whose baseline is at chance level "
         f"(within {100 * evaluation['chance_margin']:g} % of the way from chance to a perfect "
         "score) is reported as not learned, never as a pass.",

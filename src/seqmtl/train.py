@@ -157,9 +157,17 @@ def train_one_epoch(
 
 
 def train_stage(
-    stage: int, params: config.Config, paths: StagePaths, single_task: bool = False
+    stage: int,
+    params: config.Config,
+    paths: StagePaths,
+    single_task: bool = False,
+    tasks: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train stage `stage` (1 = seg, 2 = det, 3 = cls); write its checkpoint, metrics and plots.
+    """Train stage `stage` of the sequence; write its checkpoint, metrics and plots.
+
+    `tasks` are the tasks the stage's model serves, in order, the last one the task it learns
+    (default: the first `stage` of `sequence`, or for `single_task` its stage-th alone); the
+    previous stage's checkpoint must serve the others.
 
     Stage 1 has no earlier task to protect, so it always trains naively and reads no strategy
     parameter: its checkpoint is the shared starting point of every strategy.
@@ -174,26 +182,36 @@ def train_stage(
     """
     device = setup(resolve_device(params.device))
     try:
-        return _train_stage(stage, params, paths, single_task, device)
+        if tasks is None:
+            order = params.sequence
+            tasks = [order[stage - 1]] if single_task else list(order[:stage])
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown or len(set(tasks)) < len(tasks):
+            raise ValueError(f"tasks {tasks}: each one of {', '.join(TASKS)}, at most once")
+        seen = [TASKS[TASKS.index(t)] for t in tasks]  # the registry's own names
+        return _train_stage(stage, params, paths, seen, single_task, device)
     finally:
         teardown()
 
 
 def _train_stage(
-    stage: int, params: config.Config, paths: StagePaths, single_task: bool, device: torch.device
+    stage: int,
+    params: config.Config,
+    paths: StagePaths,
+    seen: list[str],
+    single_task: bool,
+    device: torch.device,
 ) -> dict[str, Any]:
     """`train_stage` in this process, on `device`, one of `world_size()` data-parallel ones."""
-    name = f"stage{stage}"
-    cfg, train_cfg = params.stage(stage), params.train
-    task = TASKS[stage - 1]
-    seen = [task] if single_task else list(TASKS[:stage])
+    name, task = f"stage{stage}", seen[-1]
+    cfg, train_cfg = params.tasks[task], params.train
     seed = params.seed
     mixed = train_cfg.precision == "bf16"
     world = world_size()
     batch_size = cfg.batch_size
     if batch_size % world:
         raise ValueError(
-            f"{name}.batch_size ({batch_size}) must be divisible by the {world} processes "
+            f"tasks.{task}.batch_size ({batch_size}) must be divisible by the {world} processes "
             "(train.processes): each takes an equal share of every batch"
         )
     if stage == 1 or single_task:
@@ -204,6 +222,11 @@ def _train_stage(
     previous = None
     if paths.previous is not None:
         previous = torch.load(paths.previous, map_location="cpu", weights_only=True)
+        if previous["tasks"] != seen[:-1]:
+            raise ValueError(
+                f"{paths.previous} serves {previous['tasks']}; {name} learns {task} after "
+                f"{seen[:-1]}: rerun the earlier stages in this order"
+            )
         if previous["strategy"] == strategy_name:
             strategy.load_state_dict(previous["strategy_state"])
     model = strategy.load_model(model_factory(params.model, paths.mini, seed), previous, seen)
@@ -255,7 +278,7 @@ def _train_stage(
     max_norm = train_cfg.clip_grad_norm
     epochs = cfg.epochs
     scheduler = warmup_cosine(optimizer, epochs * len(loader), train_cfg.warmup)
-    first_epoch = 0 if single_task else sum(params.stage(s).epochs for s in range(1, stage))
+    first_epoch = 0 if single_task else sum(params.tasks[t].epochs for t in seen[:-1])
     train_rows: list[dict[str, Any]] = []
     val_rows: list[dict[str, Any]] = []
     scores: dict[str, dict[str, float]] = {}
