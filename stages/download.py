@@ -7,9 +7,9 @@ data.source: synthetic -> a seeded generated dataset in the official layouts (of
 from pathlib import Path
 
 from seqmtl.config import load_config
-from seqmtl.download import fetch_all
-from seqmtl.stage import run
-from seqmtl.synthetic import generate
+from seqmtl.data.download import fetch_all
+from seqmtl.data.synthetic import generate
+from seqmtl.training.stage import run
 
 
 def main() -> None:

@@ -15,11 +15,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from seqmtl.bootstrap import drop_interval, image_count, once_per_draw, resamples, task_scorer
-from seqmtl.checkpoints import load_checkpoint
-from seqmtl.config import Evaluate, load_config
-from seqmtl.data import build_dataset, collate, task_image_sizes
-from seqmtl.evaluate import (
+from seqmtl.analysis.bootstrap import (
+    drop_interval,
+    image_count,
+    once_per_draw,
+    resamples,
+    task_scorer,
+)
+from seqmtl.analysis.evaluate import (
     PRIMARY,
     batchnorm_drift,
     count_parameters,
@@ -29,12 +32,15 @@ from seqmtl.evaluate import (
     read_timing,
     running_statistics,
 )
-from seqmtl.figures import write_figures
+from seqmtl.analysis.figures import write_figures
+from seqmtl.analysis.report import write_report
+from seqmtl.config import Evaluate, load_config
+from seqmtl.data.datasets import build_dataset, collate, task_image_sizes
 from seqmtl.files import write_json
-from seqmtl.report import write_report
 from seqmtl.runtime import resolve_device
-from seqmtl.stage import run
-from seqmtl.tasks import build_tasks
+from seqmtl.tasks.registry import build_tasks
+from seqmtl.training.checkpoints import load_checkpoint
+from seqmtl.training.stage import run
 
 METRICS = Path("metrics")
 CHECKPOINTS = Path("data/checkpoints")

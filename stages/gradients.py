@@ -4,9 +4,9 @@ strategy logs of stages 2 and 3 where present (stage 1 always trains naively).""
 
 from pathlib import Path
 
+from seqmtl.analysis.gradients import GradientPaths, analyse_gradients
 from seqmtl.config import load_config
-from seqmtl.gradients import GradientPaths, analyse_gradients
-from seqmtl.stage import run
+from seqmtl.training.stage import run
 
 CHECKPOINTS = Path("data/checkpoints")
 

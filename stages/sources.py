@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from seqmtl.config import load_config
-from seqmtl.download import source_checksums
+from seqmtl.data.download import source_checksums
 from seqmtl.files import write_json
-from seqmtl.stage import run
+from seqmtl.training.stage import run
 
 
 def main() -> None:

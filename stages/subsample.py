@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from seqmtl.config import load_config
+from seqmtl.data.subsample import subsample
 from seqmtl.files import write_json
-from seqmtl.stage import run
-from seqmtl.subsample import subsample
+from seqmtl.training.stage import run
 
 
 def main() -> None:

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from seqmtl.config import load_config
-from seqmtl.distributed import launch
-from seqmtl.stage import run
-from seqmtl.train import StagePaths, train_stage
+from seqmtl.training.distributed import launch
+from seqmtl.training.stage import run
+from seqmtl.training.train import StagePaths, train_stage
 
 
 def main() -> None:

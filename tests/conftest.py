@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from seqmtl.check import stages_run
 from seqmtl.config import Config, compose, declared, parse
-from seqmtl.subsample import subsample
-from seqmtl.synthetic import COCO_FIRST_TEN, generate
+from seqmtl.data.subsample import subsample
+from seqmtl.data.synthetic import COCO_FIRST_TEN, generate
+from seqmtl.tools.check import stages_run
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("SEQMTL_MIRROR", REPO.parent / "shared" / "data" / "mirror"))

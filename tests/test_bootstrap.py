@@ -12,7 +12,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from seqmtl.bootstrap import (
+from seqmtl.analysis.bootstrap import (
     drop_interval,
     map50_scorer,
     miou_scorer,
@@ -20,7 +20,7 @@ from seqmtl.bootstrap import (
     resamples,
     top1_scorer,
 )
-from seqmtl.metrics import coco_detection_metrics, miou
+from seqmtl.tasks.metrics import coco_detection_metrics, miou
 
 
 def test_top1_interval_matches_the_analytic_one() -> None:

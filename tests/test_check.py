@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from seqmtl.check import checked_metrics, is_checked, metric_differences, torch_note
-from seqmtl.tolerance import FLOOR, copy_tree, spread
+from seqmtl.tools.check import checked_metrics, is_checked, metric_differences, torch_note
+from seqmtl.tools.tolerance import FLOOR, copy_tree, spread
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def test_tolerance_rejects_a_changed_run_that_would_overwrite_the_default(
     args: list[str], message: str
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "seqmtl.tolerance", *args],
+        [sys.executable, "-m", "seqmtl.tools.tolerance", *args],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode != 0 and message in result.stderr

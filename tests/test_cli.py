@@ -9,17 +9,17 @@ import pytest
 import tomllib
 
 from conftest import REPO
-from seqmtl.cli import TOOLS
+from seqmtl.tools.cli import TOOLS
 
 
 def seqmtl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seqmtl.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "seqmtl.tools.cli", *args], cwd=REPO,
                           capture_output=True, text=True)  # fmt: skip
 
 
 def test_the_console_script_is_declared() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["scripts"] == {"seqmtl": "seqmtl.cli:main"}
+    assert project["scripts"] == {"seqmtl": "seqmtl.tools.cli:main"}
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))

@@ -11,17 +11,20 @@ import pytest
 from scipy.stats import ttest_rel
 
 from conftest import REPO
-from seqmtl.compare import aggregate, current, main, plot, read_runs, render, select
 from seqmtl.config import compose
+from seqmtl.tools.compare import aggregate, current, main, plot, read_runs, render, select
 
 BASE = {
     "seed": 0,
     "strategy": "naive",
     "data": {"source": "synthetic"},
-    "tasks": {"cls": {"epochs": 8}},
+    "stage1": {"epochs": 6},
+    "stage2": {"epochs": 6},
+    "stage3": {"epochs": 8},
 }
 # The runs below record their params in the layout of their day: `strategy` a name, each
-# strategy's params in a section of its own (`compare.current` reads them in today's layout).
+# strategy's params in a section of its own, settings per stage (`compare.current` reads them in
+# today's layout).
 
 
 def base(strategy: str, **options: object) -> dict:

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from conftest import REPO, merge
-from seqmtl.check import flatten
 from seqmtl.config import compose, declared, load_config, parse, presets
 from seqmtl.strategies import build_strategy
+from seqmtl.tools.check import flatten
 
 CONF = REPO / "conf"
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from seqmtl.data import (
+from seqmtl.data.datasets import (
     CROP_RATIO,
     CROP_SCALE,
     VOC_CLASSES,

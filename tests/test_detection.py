@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from seqmtl.detection import (
+from seqmtl.tasks.detection import (
     PYRAMID,
     Level,
     Points,

@@ -13,7 +13,7 @@ import yaml
 from torch.utils.data import DistributedSampler
 
 from conftest import REPO, tiny_params
-from seqmtl.data import TASKS, build_dataset
+from seqmtl.data.datasets import TASKS, build_dataset
 
 TOLERANCE = json.loads((REPO / "results" / "tolerances" / "tolerance.json").read_text())["metrics"]
 

@@ -1,4 +1,4 @@
-"""Tests for seqmtl.download: checksums, safe extraction, resumed downloads, mirrors, atomicity."""
+"""seqmtl.data.download: checksums, safe extraction, resumed downloads, mirrors, atomicity."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tiny_params
-from seqmtl import download
-from seqmtl.download import ARCHIVES, Archive, DownloadError, extract, fetch, fetch_all
+from seqmtl.data import download
+from seqmtl.data.download import ARCHIVES, Archive, DownloadError, extract, fetch, fetch_all
 
 DATA = bytes(range(256)) * 4096
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import stage_config, tiny_params
-from seqmtl.bootstrap import drop_interval, resamples
-from seqmtl.evaluate import (
+from seqmtl.analysis.bootstrap import drop_interval, resamples
+from seqmtl.analysis.evaluate import (
     PRIMARY,
     backward_transfer,
     batchnorm_drift,
@@ -23,10 +23,10 @@ from seqmtl.evaluate import (
     read_timing,
     running_statistics,
 )
-from seqmtl.figures import write_figures
-from seqmtl.model import UnifiedModel
-from seqmtl.report import render_report
-from seqmtl.train import StagePaths, train_stage
+from seqmtl.analysis.figures import write_figures
+from seqmtl.analysis.report import render_report
+from seqmtl.models.model import UnifiedModel
+from seqmtl.training.train import StagePaths, train_stage
 
 CHANCE = {"seg": 0.04, "det": 0.0, "cls": 0.1}
 

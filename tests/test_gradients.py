@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from conftest import merge, stage_config, tiny_params
-from seqmtl.config import parse
-from seqmtl.gradients import (
+from seqmtl.analysis.gradients import (
     GROUPS,
     CountSketch,
     GradientPaths,
@@ -24,10 +23,11 @@ from seqmtl.gradients import (
     shared_parameter_groups,
     task_cosines,
 )
-from seqmtl.model import UnifiedModel
+from seqmtl.config import parse
+from seqmtl.models.model import UnifiedModel
 from seqmtl.strategies import total
-from seqmtl.tasks import Classification
-from seqmtl.train import StagePaths, train_stage
+from seqmtl.tasks.registry import Classification
+from seqmtl.training.train import StagePaths, train_stage
 
 SKETCH_ERROR = 0.05  # stated bound on |sketched - exact| cosine at dim 16384 (std <= 0.011)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqmtl.backbones import BACKBONES
-from seqmtl.inference import for_inference
-from seqmtl.model import UnifiedModel
+from seqmtl.models.backbones import BACKBONES
+from seqmtl.models.inference import for_inference
+from seqmtl.models.model import UnifiedModel
 
 COUNTS = {"seg": 21, "det": 10, "cls": 10}
 

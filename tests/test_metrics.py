@@ -7,7 +7,7 @@ import torch
 from pycocotools.coco import COCO
 from sklearn.metrics import confusion_matrix
 
-from seqmtl.metrics import ConfusionMatrix, coco_detection_metrics, miou, top1
+from seqmtl.tasks.metrics import ConfusionMatrix, coco_detection_metrics, miou, top1
 
 C = 5
 

@@ -7,17 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqmtl.backbones import BACKBONES
-from seqmtl.checkpoints import load_checkpoint
 from seqmtl.config import Model
-from seqmtl.model import (
-    Head,
-    IndependentModel,
-    UnifiedModel,
-    architecture,
-    eval_mode,
-    fuse,
-)
+from seqmtl.models.backbones import BACKBONES
+from seqmtl.models.model import Head, IndependentModel, UnifiedModel, architecture, fuse
+from seqmtl.runtime import eval_mode
+from seqmtl.tasks.registry import REGISTRY
+from seqmtl.training.checkpoints import load_checkpoint
 
 COUNTS = {"seg": 21, "det": 10, "cls": 10}
 
@@ -47,6 +42,22 @@ def test_one_head_branch_emits_every_task() -> None:
     assert model.head.out.out_channels == 21 + (5 + 10) + 10
     with pytest.raises(ValueError, match=r"model\.head_layers must be 2 or 3"):
         UnifiedModel(COUNTS, "efficientnet_lite0", pretrained=False, head_layers=4)
+
+
+def test_the_head_split_comes_from_the_task_registry() -> None:
+    """Each task's channels are its registry entry's, in the registry's order, and its output
+    is its entry's `output` of those channels (on every level where it reads them all)."""
+    model = UnifiedModel(COUNTS, "mobilenet_v3_small", pretrained=False).eval()
+    assert list(model.splits) == list(REGISTRY) == ["seg", "det", "cls"]
+    assert model.splits == {t: REGISTRY[t].channels(n) for t, n in COUNTS.items()}
+    assert [(s.start, s.stop) for s in model.slices.values()] == [(0, 21), (21, 36), (36, 46)]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        p3, *coarser = model.trunk(x)
+        maps = model.head(fuse([p3, *coarser]))
+        out = model(x)
+    assert REGISTRY["det"].levels and not REGISTRY["seg"].levels
+    torch.testing.assert_close(out["seg"], REGISTRY["seg"].output([maps[:, :21]]))
 
 
 def test_detection_starts_at_the_prior() -> None:

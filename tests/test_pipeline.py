@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY, ran, run, set_params
-from seqmtl.check import ALWAYS_RUN, status_clean
+from seqmtl.tools.check import ALWAYS_RUN, status_clean
 
 pytestmark = pytest.mark.slow
 
@@ -82,11 +82,13 @@ def test_reproduction_check_passes_then_catches_a_changed_seed(repo: Path) -> No
     run(repo, "dvc", "repro")
     run(repo, "git", "add", "-A")
     run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
-    assert "Reproduction check passed" in run(repo, sys.executable, "-m", "seqmtl.check", "--exact")
+    assert "Reproduction check passed" in run(
+        repo, sys.executable, "-m", "seqmtl.tools.check", "--exact"
+    )
     set_params(repo, {"seed": 1})
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(
-        [sys.executable, "-m", "seqmtl.check", "--exact"],
+        [sys.executable, "-m", "seqmtl.tools.check", "--exact"],
         cwd=repo,
         env=env,
         capture_output=True,
@@ -124,7 +126,7 @@ def test_queued_sweep_comparison_and_export(repo: Path) -> None:
     shown = run(repo, "dvc", "exp", "show", "--csv").splitlines()
     column = shown[0].split(",").index("profile")  # every run records its profile
     assert {row.split(",")[column] for row in shown[1:]} == {"synthetic"}
-    output = run(repo, sys.executable, "-m", "seqmtl.compare", "--name", "sweep")
+    output = run(repo, sys.executable, "-m", "seqmtl.tools.compare", "--name", "sweep")
     comparison = json.loads((repo / "results" / "comparisons" / "sweep.json").read_text())
     assert sorted(comparison["strategies"]) == ["naive", "replay"]
     assert all(2 in s["seeds"] for s in comparison["strategies"].values())
@@ -135,7 +137,7 @@ def test_queued_sweep_comparison_and_export(repo: Path) -> None:
 
     # The replay run kept in the repository: the files, figures and report `dvc exp apply` puts
     # in the workspace, the report's figure links resolving from its new folder.
-    run(repo, sys.executable, "-m", "seqmtl.export", second, "kept/replay")
+    run(repo, sys.executable, "-m", "seqmtl.tools.export", second, "kept/replay")
     run(repo, "dvc", "exp", "apply", second)
     kept = repo / "results" / "kept" / "replay"
     figures = kept / "plots"
@@ -151,7 +153,7 @@ def test_queued_sweep_comparison_and_export(repo: Path) -> None:
     assert len(links) == len(pngs) and all((kept / link).is_file() for link in links)
     assert report.split("## Figures")[0] == original.split("## Figures")[0]
     missing = subprocess.run(
-        [sys.executable, "-m", "seqmtl.export", "no-such-run", "kept/none"],
+        [sys.executable, "-m", "seqmtl.tools.export", "no-such-run", "kept/none"],
         cwd=repo,
         capture_output=True,
         text=True,

@@ -10,8 +10,8 @@ import shlex
 import pytest
 
 from conftest import REPO
-from seqmtl.cli import TOOLS
 from seqmtl.config import compose
+from seqmtl.tools.cli import TOOLS
 
 README = (REPO / "README.md").read_text()
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from seqmtl.data import build_dataset, class_names
-from seqmtl.detection import assign, pyramid_points
-from seqmtl.download import fetch_all
-from seqmtl.subsample import subsample
-from seqmtl.synthetic import IMAGENETTE_WNIDS
+from seqmtl.data.datasets import build_dataset, class_names
+from seqmtl.data.download import fetch_all
+from seqmtl.data.subsample import subsample
+from seqmtl.data.synthetic import IMAGENETTE_WNIDS
+from seqmtl.tasks.detection import assign, pyramid_points
 
 
 @pytest.fixture(scope="module")

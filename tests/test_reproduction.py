@@ -35,7 +35,7 @@ def test_default_pipeline_reproduces_the_committed_results(tmp_path: Path) -> No
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "as committed"]):
         subprocess.run(git + command, cwd=repo, check=True, env=env)
     result = subprocess.run(
-        [sys.executable, "-m", "seqmtl.check"],
+        [sys.executable, "-m", "seqmtl.tools.check"],
         cwd=repo, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

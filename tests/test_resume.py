@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from conftest import REPO, tiny_params
-from seqmtl import resume
-from seqmtl.data import TASKS
-from seqmtl.resume import fingerprint
+from seqmtl.data.datasets import TASKS
+from seqmtl.training import resume
+from seqmtl.training.resume import fingerprint
 
 OUTPUTS = (
     "data/checkpoints/stage2.pt",

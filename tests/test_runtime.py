@@ -13,7 +13,7 @@ import pytest
 # the accumulated gradient's bytes.
 LOOP = """
 import resource, sys, torch
-from seqmtl.stage import keep_freed_memory
+from seqmtl.training.stage import keep_freed_memory
 print(keep_freed_memory() if sys.argv[1] == "keep" else False)
 torch.manual_seed(0)
 conv = torch.nn.Conv2d(32, 32, 3, padding=1)

@@ -52,6 +52,6 @@ def test_a_sweep_split_over_two_machines_is_compared_as_one(tmp_path: Path) -> N
 
     # either machine now compares both
     run(first, "dvc", "exp", "pull", "origin", "second-replay")
-    run(first, "python", "-m", "seqmtl.compare", "--name", "shared")
+    run(first, "python", "-m", "seqmtl.tools.compare", "--name", "shared")
     comparison = json.loads((first / "results" / "comparisons" / "shared.json").read_text())
     assert set(comparison["strategies"]) == {"naive", "replay"}

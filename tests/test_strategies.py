@@ -14,15 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conftest import REPO, merge
-from seqmtl.checkpoints import load_checkpoint
 from seqmtl.config import Config, ReplayBuffer, compose, parse, presets
-from seqmtl.data import TaskDataset, build_dataset, class_names, collate
-from seqmtl.model import UnifiedModel, build_model, shared_parameters
+from seqmtl.data.datasets import TaskDataset, build_dataset, class_names, collate
+from seqmtl.models.model import UnifiedModel, build_model, shared_parameters
 from seqmtl.strategies import StageContext, Strategy, build_strategy, total
 from seqmtl.strategies.rules.pcgrad import project_conflicting
 from seqmtl.strategies.terms.ewc import empirical_fisher
-from seqmtl.tasks import Targets, build_tasks
-from seqmtl.train import StagePaths, build_optimizer, train_stage
+from seqmtl.tasks.registry import Targets, build_tasks
+from seqmtl.training.checkpoints import load_checkpoint
+from seqmtl.training.train import StagePaths, build_optimizer, train_stage
 
 SMALL = {
     "device": "cpu",

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seqmtl.data import DataError
-from seqmtl.subsample import detection_classes, stratified_split, subsample
-from seqmtl.synthetic import COCO_FIRST_TEN
+from seqmtl.data.datasets import DataError
+from seqmtl.data.subsample import detection_classes, stratified_split, subsample
+from seqmtl.data.synthetic import COCO_FIRST_TEN
 
 CLASSES = list(COCO_FIRST_TEN)
 

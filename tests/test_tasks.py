@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqmtl.metrics import IGNORE_INDEX
-from seqmtl.tasks import Segmentation
+from seqmtl.tasks.metrics import IGNORE_INDEX
+from seqmtl.tasks.registry import Segmentation
 
 
 def test_segmentation_loss_is_the_mean_pixel_cross_entropy_on_channels_last_logits() -> None:

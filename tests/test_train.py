@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import seqmtl.tasks
-import seqmtl.train
+import seqmtl.tasks.registry
+import seqmtl.training.train
 from conftest import stage_config, tiny_params
-from seqmtl.checkpoints import model_factory
 from seqmtl.config import Config, parse
-from seqmtl.data import TASKS, class_names
+from seqmtl.data.datasets import TASKS, class_names
 from seqmtl.strategies import build_strategy
-from seqmtl.train import StagePaths, build_optimizer, train_stage
+from seqmtl.training.checkpoints import model_factory
+from seqmtl.training.train import StagePaths, build_optimizer, train_stage
 
 
 def params(*overrides: str, **change: object) -> Config:
@@ -92,7 +92,7 @@ def test_a_task_starting_on_a_trained_trunk_starts_at_zero_output_weights(
         start["out"] = model.head.out.weight.detach().clone()
         return build_optimizer(model, *args)
 
-    monkeypatch.setattr(seqmtl.train, "build_optimizer", spy)
+    monkeypatch.setattr(seqmtl.training.train, "build_optimizer", spy)
     (tmp_path / "checkpoints").mkdir()
     stage1 = three_stages / "checkpoints" / "stage1.pt"
     (tmp_path / "checkpoints" / "stage1.pt").write_bytes(stage1.read_bytes())
@@ -196,13 +196,13 @@ def test_every_task_is_trained_and_evaluated_at_its_own_size(
     three_stages: Path, tiny_mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[tuple[str, str, int]] = []
-    original = seqmtl.train.build_dataset
+    original = seqmtl.training.train.build_dataset
 
     def spy(mini: Path, task: str, split: str, size: int, train: bool) -> object:
         built.append((task, split, size))
         return original(mini, task, split, size, train)
 
-    monkeypatch.setattr(seqmtl.train, "build_dataset", spy)
+    monkeypatch.setattr(seqmtl.training.train, "build_dataset", spy)
     stage2 = paths(tmp_path, tiny_mini, 2)
     stage2 = StagePaths(**{**stage2.__dict__, "previous": three_stages / "checkpoints/stage1.pt"})
     det = {"image_size": 96, "epochs": 1}
@@ -218,7 +218,7 @@ def test_a_non_finite_loss_stops_the_stage_naming_it_and_writes_nothing(
     def diverged(self: object, outputs: dict, targets: list, size: int) -> dict:
         return {"ce": outputs["seg"].sum() * float("nan")}
 
-    monkeypatch.setattr(seqmtl.tasks.Segmentation, "loss", diverged)
+    monkeypatch.setattr(seqmtl.tasks.registry.Segmentation, "loss", diverged)
     stage = paths(tmp_path, tiny_mini, 1)
     with pytest.raises(ValueError, match=r"^stage1 \(seg\), epoch 1: loss seg/ce is nan$"):
         train_stage(1, params(), stage)

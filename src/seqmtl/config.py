@@ -19,8 +19,8 @@ import yaml
 
 TASKS = ("seg", "det", "cls")
 """The tasks a configuration may name (`sequence`, `tasks`), in the order of the head's output
-channels; each is registered in `seqmtl.data` (its reader) and `seqmtl.tasks` (its loss and
-metric)."""
+channels; each is registered in `seqmtl.data.datasets.READERS` (its reader) and
+`seqmtl.tasks.registry.REGISTRY` (its loss, metric, head channels and output)."""
 CONF = Path("conf")
 PARAMS = Path("params.yaml")
 PIPELINE = Path("dvc.yaml")

@@ -30,9 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from seqmtl import config
-from seqmtl.data import TaskDataset
+from seqmtl.data.datasets import TaskDataset
 from seqmtl.strategies.buffer import ReplayBuffer
-from seqmtl.tasks import Targets, Task
+from seqmtl.tasks.registry import Targets, Task
 
 Losses = dict[str, dict[str, Tensor]]
 """Loss components per term for one step, e.g. {"det": {"det_cls": …}, "seg": {"ce": …}}.

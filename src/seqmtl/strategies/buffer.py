@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from seqmtl.data import TaskDataset, collate
+from seqmtl.data.datasets import TaskDataset, collate
 
 
 class ReplayBuffer:

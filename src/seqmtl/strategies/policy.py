@@ -8,10 +8,14 @@ from typing import Any
 
 from torch import nn
 
-from seqmtl.model import IndependentModel, shared_modules
+from seqmtl.models.model import IndependentModel, shared_modules
 from seqmtl.strategies.base import Part, StageContext, Term
 
-PARTS = ("backbone", "neck", "head")  # `seqmtl.model.shared_modules`; "head": its hidden layers
+PARTS = (
+    "backbone",
+    "neck",
+    "head",
+)  # `seqmtl.models.model.shared_modules`; "head": its hidden layers
 
 
 class Policy(Part):

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from seqmtl import config
-from seqmtl.distributed import average_
 from seqmtl.strategies.base import (
     Losses,
     Rule,
@@ -18,6 +17,7 @@ from seqmtl.strategies.base import (
     split,
     total,
 )
+from seqmtl.training.distributed import average_
 
 
 @register("gradnorm")

@@ -8,8 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from seqmtl.distributed import average_
-from seqmtl.model import shared_parameters
+from seqmtl.models.model import shared_parameters
 from seqmtl.strategies.base import (
     Losses,
     Rule,
@@ -19,6 +18,7 @@ from seqmtl.strategies.base import (
     split,
     total,
 )
+from seqmtl.training.distributed import average_
 
 
 def project_conflicting(grads: Tensor, generator: torch.Generator) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from seqmtl.data import collate
+from seqmtl.data.datasets import collate
 from seqmtl.strategies.base import Losses, StageContext, Term, register
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from torchvision.transforms.v2.functional import to_dtype
 
 from seqmtl import config
-from seqmtl.model import eval_mode
+from seqmtl.runtime import eval_mode
 from seqmtl.strategies.base import Losses, StageContext, Term, register
 
 

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from seqmtl import config
-from seqmtl.model import eval_mode, shared_parameters
+from seqmtl.models.model import shared_parameters
+from seqmtl.runtime import eval_mode
 from seqmtl.strategies.base import Losses, StageContext, Term, register, total
 
 

@@ -13,6 +13,10 @@ an output of a stage it reaches (a checkpoint records its strategy), may build a
 depends on the folder `src/seqmtl/strategies`; any other stage builds only the naive strategy
 (stage 1 and the single-task references train naively) and depends on the sum rule's module and
 what it imports.
+
+A folder of `src/` whose every `.py` file (at any depth) is in a stage's deps stands for them
+(`folders`): as exact as the files, and dvc.yaml stays short where a stage runs a whole
+subpackage.
 """
 
 from __future__ import annotations
@@ -29,21 +33,49 @@ NAIVE_PARTS = (f"{STRATEGIES}.rules.sum",)  # the parts `seqmtl.strategies.NAIVE
 
 def code_deps(script: Path, strategy: str | None, root: Path = Path(".")) -> list[str]:
     """Sorted POSIX paths, relative to `root`, of `script` (relative to `root`) and the project
-    modules it imports, directly or not. Where these include `build_strategy`, `strategy` is the
-    one the stage builds ("naive": its parts' modules and imports are added), or None for any:
-    the folder STRATEGY_FOLDER then stands for every file in it."""
+    modules it imports, directly or not, whole folders as their folder (`folders`). Where these
+    include `build_strategy`, `strategy` is the one the stage builds ("naive": its parts'
+    modules and imports are added), or None for any: every module of STRATEGY_FOLDER and its
+    imports are added."""
     root = Path(root).resolve()
     finder = modulefinder.ModuleFinder(path=[str((root / script).parent), str(root / "src")])
     finder.run_script(str(root / script))
-    builds = BUILDER in finder.modules
-    if builds and strategy is not None:
-        for module in NAIVE_PARTS:
+    if BUILDER in finder.modules:
+        parts = NAIVE_PARTS if strategy is not None else strategy_modules(root)
+        for module in parts:
             finder.import_hook(module)
     files = {Path(m.__file__).resolve() for m in finder.modules.values() if m.__file__}
     deps = {p.relative_to(root).as_posix() for p in files if p.is_relative_to(root)}
-    if builds and strategy is None:
-        deps = {d for d in deps if not d.startswith(f"{STRATEGY_FOLDER}/")} | {STRATEGY_FOLDER}
-    return sorted(deps)
+    return sorted(folders(deps, root))
+
+
+def strategy_modules(root: Path) -> list[str]:
+    """Every module of STRATEGY_FOLDER under `root`, by dotted name."""
+    src = root / "src"
+    return sorted(
+        ".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
+        for p in (root / STRATEGY_FOLDER).rglob("*.py")
+    )
+
+
+def python_files(root: Path, folder: str) -> set[str]:
+    """The `.py` files under `folder` (relative to `root`), at any depth, relative to `root`."""
+    return {p.relative_to(root).as_posix() for p in (root / folder).rglob("*.py")}
+
+
+def folders(deps: set[str], root: Path) -> set[str]:
+    """`deps` with the files of each folder under `src/` whose every `.py` file is in `deps`
+    replaced by that folder (the outermost such folder where they nest)."""
+    candidates = sorted({str(Path(d).parent) for d in deps if d.startswith("src/")}, key=len)
+    whole: list[str] = []
+    for folder in candidates:
+        parents = [str(p) for p in Path(folder).parents]
+        for depth in [*reversed(parents), folder]:
+            inside = any(depth == w or depth.startswith(f"{w}/") for w in whole)
+            if depth.startswith("src/") and not inside and python_files(root, depth) <= deps:
+                whole.append(depth)
+    kept = {d for d in deps if not any(d.startswith(f"{w}/") for w in whole)}
+    return kept | set(whole)
 
 
 def paths(entries: list[Any]) -> list[str]:

@@ -1,6 +1,6 @@
 """One command line for the project's tools: `seqmtl TOOL [ARGS ...]`, `seqmtl TOOL --help`.
 
-Each tool is a module's `main` (also `python -m seqmtl.TOOL`); this only dispatches to it."""
+Each tool is a module's `main` (also `python -m seqmtl.tools.TOOL`); this only dispatches to it."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def main() -> None:
     if tool not in TOOLS:
         sys.exit(f"seqmtl: unknown tool {tool!r}; known: {', '.join(TOOLS)}")
     sys.argv = [f"seqmtl {tool}", *sys.argv[2:]]
-    importlib.import_module(f"seqmtl.{tool}").main()
+    importlib.import_module(f"seqmtl.tools.{tool}").main()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The three tasks: each knows its loss on a batch and its metrics on a val split.
+"""The tasks and their registry: each knows its loss on a batch, its metrics on a val split, and
+what it reads of the one head (its output channels, from which pyramid levels, in which shape).
 
 Every task reads its own entry of the model's output dict. Inputs are square (S x S) batches.
 Primary metrics (the ones the forgetting analysis follows): seg "miou", det "map50", cls "top1";
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from typing import Any
 
 import torch
@@ -17,22 +19,43 @@ from pycocotools.coco import COCO
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from seqmtl.data import TaskDataset
-from seqmtl.detection import decode, detection_loss, pyramid_points
-from seqmtl.metrics import IGNORE_INDEX, ConfusionMatrix, coco_detection_metrics, miou, top1
-from seqmtl.model import eval_mode
+from seqmtl.data.datasets import TaskDataset
+from seqmtl.runtime import eval_mode
+from seqmtl.tasks.detection import decode, detection_loss, pyramid_points
+from seqmtl.tasks.metrics import IGNORE_INDEX, ConfusionMatrix, coco_detection_metrics, miou, top1
 
 Targets = list[dict[str, Any]]
 
 
 class Task:
-    """A task's loss and evaluation; `primary` names the metric that forgetting follows."""
+    """A task's loss and evaluation; `primary` names the metric that forgetting follows.
+
+    What it reads of the head (class-level, used by `seqmtl.models.model.UnifiedModel`):
+    `channels` of the head's output, on the FPN's levels fused at stride 8 or also, the same
+    head's own channels, on every coarser level (`levels`), turned into the task's output by
+    `output`; `init_bias` sets the start of its output biases."""
 
     name: str
     primary: str
+    levels = False
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
+
+    @staticmethod
+    def channels(num_classes: int) -> int:
+        """The head's output channels of a task with `num_classes` classes."""
+        return num_classes
+
+    @staticmethod
+    def output(maps: list[Tensor]) -> Tensor:
+        """The task's output from its channels of the head on the fused map (and, with `levels`,
+        on each coarser level); default: the (B, C, H/8, W/8) map itself."""
+        return maps[0]
+
+    @staticmethod
+    def init_bias(bias: Tensor) -> None:
+        """Initialise the task's output biases in place (default: as the conv initialised them)."""
 
     def loss(self, outputs: dict[str, Tensor], targets: Targets, size: int) -> dict[str, Tensor]:
         """Named loss components on a batch of S x S images (their sum is the task's loss)."""
@@ -58,7 +81,7 @@ class Task:
 
     def per_image(self) -> dict[str, Any]:
         """The last evaluation's per-image statistics, in the split's order (JSON-ready): what
-        `seqmtl.bootstrap` rescores resampled image sets from."""
+        `seqmtl.analysis.bootstrap` rescores resampled image sets from."""
         raise NotImplementedError
 
 
@@ -119,12 +142,30 @@ class Segmentation(Task):
 
 
 class Detection(Task):
-    """FCOS losses over the pyramid's levels (`seqmtl.detection`); COCOeval (bbox) on the split's
-    annotation file with boxes mapped back to original image coordinates; P / R / F1 at IoU 0.5
-    over detections scoring at least `score_threshold`. Decoding keeps scores above
+    """FCOS losses over the pyramid's levels (`seqmtl.tasks.detection`); COCOeval (bbox) on the
+    split's annotation file with boxes mapped back to original image coordinates; P / R / F1 at
+    IoU 0.5 over detections scoring at least `score_threshold`. Decoding keeps scores above
     `decode_threshold` (0.05, as COCO evaluations usually do) so that the AP curve is complete."""
 
     name, primary = "det", "map50"
+    levels = True
+    prior = 0.01
+
+    @staticmethod
+    def channels(num_classes: int) -> int:
+        """4 box distances, 1 centerness, one logit per class."""
+        return 5 + num_classes
+
+    @staticmethod
+    def output(maps: list[Tensor]) -> Tensor:
+        """(B, N, 4 + 1 + C) over the N locations of every level, finest first."""
+        return torch.cat([m.flatten(2) for m in maps], 2).transpose(1, 2)
+
+    @classmethod
+    def init_bias(cls, bias: Tensor) -> None:
+        """Centerness and class logits start at the prior probability 0.01 (as in RetinaNet and
+        FCOS), so the focal loss does not begin by shouting at every location."""
+        nn.init.constant_(bias[4:], -math.log((1 - cls.prior) / cls.prior))
 
     def __init__(
         self, num_classes: int, score_threshold: float = 0.5, decode_threshold: float = 0.05
@@ -183,6 +224,11 @@ class Classification(Task):
 
     name, primary = "cls", "top1"
 
+    @staticmethod
+    def output(maps: list[Tensor]) -> Tensor:
+        """(B, C) class logits: the map averaged over its locations."""
+        return maps[0].mean((2, 3))
+
     def loss(self, outputs: dict[str, Tensor], targets: Targets, size: int) -> dict[str, Tensor]:
         logits = outputs["cls"]
         labels = torch.stack([t["label"] for t in targets]).to(logits.device)
@@ -210,15 +256,17 @@ class Classification(Task):
         return {"correct": right.int().tolist()}
 
 
+REGISTRY: dict[str, type[Task]] = {t.name: t for t in (Segmentation, Detection, Classification)}
+"""Every task by name, in `seqmtl.config.TASKS`' order."""
+
+
 def build_tasks(
     num_classes: dict[str, int], score_threshold: float, seg_loss_stride: int = 1
 ) -> dict[str, Task]:
-    """The three tasks keyed by name, with their class counts (from the data)."""
-    return {
-        "seg": Segmentation(num_classes["seg"], seg_loss_stride),
-        "det": Detection(num_classes["det"], score_threshold),
-        "cls": Classification(num_classes["cls"]),
-    }
+    """Every task of `num_classes` (its class counts, from the data) keyed by name, with the
+    training params that concern it."""
+    options = {"seg": {"loss_stride": seg_loss_stride}, "det": {"score_threshold": score_threshold}}
+    return {t: REGISTRY[t](n, **options.get(t, {})) for t, n in num_classes.items()}
 
 
 def evaluate_all(

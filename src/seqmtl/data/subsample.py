@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from seqmtl.data import VOC_CLASSES, DataError, class_folders, load_coco, read_split_list
+from seqmtl.data.datasets import VOC_CLASSES, DataError, class_folders, load_coco, read_split_list
 from seqmtl.files import atomic_dir
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Benchmark: inference and training speed per backbone, timed so that machine noise cancels.
 
-    python -m seqmtl.bench [--backbones ...] [--rounds 30] [--out results/benchmarks/benchmark.json]
+    seqmtl bench [--backbones ...] [--rounds 30] [--out results/benchmarks/benchmark.json]
 
 What is compared is timed interleaved in one process: every round runs each variant once, in an
 order rotated by one each round, so a slow spell of a shared machine hits every variant alike.
@@ -11,8 +11,8 @@ comparison as the median of the per-round ratios. Per backbone:
   and the whole model as trained ("eager");
 - training, per task at its `--sizes` side (the real-data profile's by default): one full step
   (data, forward, loss, backward, clipping, AdamW and the seg loss's stride as params.yaml's
-  `train` section sets them; `seqmtl.train.train_step`) against the bare backbone's forward +
-  backward on a batch of the same shape;
+  `train` section sets them; `seqmtl.training.train.train_step`) against the bare backbone's
+  forward + backward on a batch of the same shape;
 and once: one epoch of the data path (cls train samples) from the decoded-image cache against
 decoding every JPEG again. The CPU model, thread count and torch version go with the figures.
 Data: `--mini` (e.g. data/mini), else a seeded synthetic set generated in a temporary folder.
@@ -29,19 +29,19 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from seqmtl.backbones import BACKBONES
+from seqmtl.analysis.timing import first_backbone, inference_timings, interleaved, ratio, summary
 from seqmtl.config import load_config
-from seqmtl.data import TASKS, TaskDataset, build_dataset, class_names, collate
+from seqmtl.data.datasets import TASKS, TaskDataset, build_dataset, class_names, collate
+from seqmtl.data.subsample import subsample
+from seqmtl.data.synthetic import COCO_FIRST_TEN, generate
 from seqmtl.files import write_json
-from seqmtl.model import UnifiedModel
+from seqmtl.models.backbones import BACKBONES
+from seqmtl.models.model import UnifiedModel
 from seqmtl.runtime import machine, resolve_device
-from seqmtl.stage import keep_freed_memory
 from seqmtl.strategies import NAIVE, StageContext, build_strategy
-from seqmtl.subsample import subsample
-from seqmtl.synthetic import COCO_FIRST_TEN, generate
-from seqmtl.tasks import build_tasks
-from seqmtl.timing import first_backbone, inference_timings, interleaved, ratio, summary
-from seqmtl.train import build_optimizer, train_step
+from seqmtl.tasks.registry import build_tasks
+from seqmtl.training.stage import keep_freed_memory
+from seqmtl.training.train import build_optimizer, train_step
 
 REAL_SIZES = {"seg": 256, "det": 320, "cls": 224}  # conf/profile/real.yaml's
 

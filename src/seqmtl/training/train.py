@@ -18,16 +18,17 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from seqmtl import config, resume
-from seqmtl.checkpoints import model_factory
-from seqmtl.data import TASKS, TaskDataset, build_dataset, collate, task_image_sizes
-from seqmtl.distributed import average_, is_main, rank, setup, teardown, world_size
+from seqmtl import config
+from seqmtl.data.datasets import TASKS, TaskDataset, build_dataset, collate, task_image_sizes
 from seqmtl.files import atomic_dir, atomic_file, file_digest, write_json
-from seqmtl.logs import write_csv
-from seqmtl.model import UnifiedModel, architecture, backbone_parameters
+from seqmtl.models.model import UnifiedModel, architecture, backbone_parameters
 from seqmtl.runtime import peak_memory_mb, resolve_device, seed_everything
 from seqmtl.strategies import NAIVE, Losses, StageContext, Strategy, build_strategy, total
-from seqmtl.tasks import Targets, build_tasks, evaluate_all
+from seqmtl.tasks.registry import Targets, build_tasks, evaluate_all
+from seqmtl.training import resume
+from seqmtl.training.checkpoints import model_factory
+from seqmtl.training.distributed import average_, is_main, rank, setup, teardown, world_size
+from seqmtl.training.logs import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 class StagePaths:
     """Where a stage reads and writes (`snapshots` None: no snapshots during training;
     `per_image`: the final evaluation's per-image statistics, `Task.per_image` by task;
-    `resume`: where the stage keeps what resumes it after a stop, `seqmtl.resume`, None: never)."""
+    `resume`: where the stage keeps what resumes it after a stop, `seqmtl.training.resume`, None:
+    never)."""
 
     mini: Path
     previous: Path | None
@@ -103,7 +105,7 @@ def train_step(
     max_norm: float | None,
 ) -> tuple[Losses, float]:
     """One update of the model from a batch of the new task: the strategy's losses and backward,
-    the gradients averaged over data-parallel processes (`seqmtl.distributed`), clipped to
+    the gradients averaged over data-parallel processes (`seqmtl.training.distributed`), clipped to
     `max_norm` (where given), the optimiser's step, then the strategy's (its rule's own state).
     Returns the losses and the gradient norm before clipping; a loss that is not finite raises
     `NonFiniteLoss` before any update."""
@@ -177,8 +179,8 @@ def train_stage(
     nor another stage's params. With `paths.previous` None it starts, like stage 1, from the
     fresh initialisation (`model_factory` with the same seed).
 
-    Under torchrun (`train.processes` > 1, see `seqmtl.distributed`) each process trains on its
-    share of every batch; rank 0 alone evaluates and writes, the others return {}.
+    Under torchrun (`train.processes` > 1, see `seqmtl.training.distributed`) each process trains
+    on its share of every batch; rank 0 alone evaluates and writes, the others return {}.
     """
     device = setup(resolve_device(params.device))
     try:

@@ -31,7 +31,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from seqmtl.metrics import miou
+from seqmtl.tasks.metrics import miou
 
 Scorer = Callable[[np.ndarray], float]
 

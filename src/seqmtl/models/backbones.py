@@ -26,7 +26,7 @@ class Backbone(nn.Module):
     BatchNorm layer in eval mode whatever ``train()`` is called, so it normalises with the
     pretrained running statistics and never changes them, while its affine weights still learn.
     A BatchNorm layer registered right after a convolution in the same parent normalises that
-    convolution's output (`seqmtl.inference.fold_batchnorm` relies on it).
+    convolution's output (`seqmtl.models.inference.fold_batchnorm` relies on it).
     """
 
     out_channels: tuple[int, int, int]

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from seqmtl.data import task_order
-from seqmtl.evaluate import METRIC_NAME
+from seqmtl.analysis.evaluate import METRIC_NAME
+from seqmtl.data.datasets import task_order
 from seqmtl.files import atomic_file
 
 TASK_HEADER = [

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from seqmtl.config import Model
-from seqmtl.data import class_names
-from seqmtl.model import UnifiedModel, build_model
+from seqmtl.data.datasets import class_names
+from seqmtl.models.model import UnifiedModel, build_model
 
 
 def model_factory(cfg: Model, mini: Path, seed: int) -> Any:

@@ -1,6 +1,6 @@
 """Keep one experiment's results in the repository: results/NAME/.
 
-    python -m seqmtl.export EXP NAME     (EXP: a DVC experiment's name or any git revision)
+    python -m seqmtl.tools.export EXP NAME     (EXP: a DVC experiment's name or any git revision)
 
 DVC keeps an experiment's outputs in its refs and cache, not in the working tree. This copies
 the experiment's result files (`RESULTS`, those it has) and its params.yaml to results/NAME/,
@@ -19,10 +19,10 @@ from pathlib import Path
 import yaml
 from dvc.api import DVCFileSystem
 
-from seqmtl.data import TASKS
-from seqmtl.figures import write_figures
+from seqmtl.analysis.figures import write_figures
+from seqmtl.analysis.report import write_report
+from seqmtl.data.datasets import TASKS
 from seqmtl.files import atomic_dir
-from seqmtl.report import write_report
 
 RESULTS = ("data", "stage1", "stage2", "stage3", "eval", "efficiency", "gradients")
 STAGES = ("stage1", "stage2", "stage3")

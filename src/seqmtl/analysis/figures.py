@@ -16,10 +16,10 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from seqmtl.data import task_order
-from seqmtl.evaluate import METRIC_NAME
+from seqmtl.analysis.evaluate import METRIC_NAME
+from seqmtl.data.datasets import task_order
 from seqmtl.files import atomic_dir, save_png
-from seqmtl.logs import read_weights
+from seqmtl.training.logs import read_weights
 
 TASK_COLOR = {"seg": "C0", "det": "C1", "cls": "C2"}
 Spans = dict[int, tuple[int, int]]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from seqmtl.data import VOC_CLASSES
+from seqmtl.data.datasets import VOC_CLASSES
 from seqmtl.files import atomic_dir
 
 SHAPES = (

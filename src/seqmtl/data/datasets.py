@@ -306,15 +306,15 @@ def task_image_sizes(params: Config, tasks: list[str] | tuple[str, ...]) -> dict
     return {t: params.tasks[t].image_size for t in tasks}
 
 
+READERS: dict[str, type[TaskDataset]] = {"seg": SegDataset, "det": DetDataset, "cls": ClsDataset}
+"""Each task's dataset reader, reading data/mini/<task>/."""
+
+
 def build_dataset(mini: Path, task: str, split: str, size: int, train: bool) -> TaskDataset:
-    """The mini dataset of `task` ("seg", "det", "cls") for `split`, resized to size x size."""
-    if task == "seg":
-        return SegDataset(mini / "seg", split, size, train)
-    if task == "det":
-        return DetDataset(mini / "det", split, size, train)
-    if task == "cls":
-        return ClsDataset(mini / "cls", split, size, train)
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    """The mini dataset of `task` for `split`, resized to size x size."""
+    if task not in READERS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    return READERS[task](mini / task, split, size, train)
 
 
 def collate(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict[str, Any]]]:

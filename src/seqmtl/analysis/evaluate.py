@@ -8,7 +8,7 @@ of the stage metrics.
 
 - Baseline of task j: R[j][j], its metric right after its own stage. Final: R[T][j].
 - Drop against a baseline b: absolute b - final, relative (b - final) / b, with the relative
-  drop's 95 % paired-bootstrap interval over the val images (`seqmtl.bootstrap`). The task
+  drop's 95 % paired-bootstrap interval over the val images (`seqmtl.analysis.bootstrap`). The task
   passes when the interval's upper end is at most `max_drop`, fails when its lower end is above
   it, and is undecided otherwise.
 - Near chance: a value v with v - chance <= margin * (1 - chance), i.e. covering at most `margin`
@@ -37,10 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from seqmtl.analysis.timing import inference_timings
 from seqmtl.files import file_digest
 from seqmtl.runtime import machine, peak_memory_mb
-from seqmtl.tasks import Classification, Detection, Segmentation
-from seqmtl.timing import inference_timings
+from seqmtl.tasks.registry import Classification, Detection, Segmentation
 
 PRIMARY = {task.name: task.primary for task in (Segmentation, Detection, Classification)}
 METRIC_NAME = {"miou": "mIoU", "map50": "mAP@.5", "top1": "top-1"}
@@ -215,9 +215,9 @@ def inference_efficiency(
     model: nn.Module, device: torch.device, image_size: int, rounds: int
 ) -> dict[str, Any]:
     """The final model's inference at image_size x image_size, batch 1, every task's outputs and
-    no detection decoding: `seqmtl.timing.inference_timings` over `rounds` interleaved rounds (its
-    inference copy, that copy's bare backbone, the model as trained), with the machine and the
-    peak memory (GPU allocated on cuda, else the process's peak RSS)."""
+    no detection decoding: `seqmtl.analysis.timing.inference_timings` over `rounds` interleaved
+    rounds (its inference copy, that copy's bare backbone, the model as trained), with the
+    machine and the peak memory (GPU allocated on cuda, else the process's peak RSS)."""
     timings = inference_timings(model.to(device), device, image_size, rounds)
     return timings | {
         "machine": machine(device),

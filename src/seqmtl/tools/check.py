@@ -1,6 +1,6 @@
 """Reproduction check: does `dvc repro` reproduce the results committed at a base revision?
 
-    python -m seqmtl.check [--base HEAD] [--exact] [--summary FILE] [--no-repro]
+    python -m seqmtl.tools.check [--base HEAD] [--exact] [--summary FILE] [--no-repro]
 
 In a DVC repository (the working directory) it runs `dvc repro`, then fails when
 - `dvc status` is not clean afterwards (but for the always-run `sources` stage),
@@ -8,7 +8,7 @@ In a DVC repository (the working directory) it runs `dvc repro`, then fails when
 - a checked metric (`CHECKED`: the primary metric of every stage and reference, the forgetting
   matrix, drops, verdicts, forgetting and BWT, the BatchNorm drift) differs from the base
   revision's by more than its tolerance, or appeared or disappeared.
-Tolerances come from results/tolerances/tolerance.json, measured by `python -m seqmtl.tolerance`
+Tolerances come from results/tolerances/tolerance.json, measured by `seqmtl tolerance`
 (the default pipeline under perturbed rounding): a number may move by its `tolerance`; a verdict
 measured "stable" must match, one that "varies" is shown only; a checked metric with no
 measurement must match exactly. Everything else is shown, never compared: the timing files

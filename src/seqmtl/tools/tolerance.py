@@ -1,7 +1,7 @@
 """Measured reproduction tolerances: the default pipeline under perturbed floating-point rounding.
 
-    python -m seqmtl.tolerance [--margin 3] [--runs native threads-1 avx2 no-simd]
-    python -m seqmtl.tolerance -S KEY=VALUE ... --target STAGE ... --out FILE
+    python -m seqmtl.tools.tolerance [--margin 3] [--runs native threads-1 avx2 no-simd]
+    python -m seqmtl.tools.tolerance -S KEY=VALUE ... --target STAGE ... --out FILE
 
 Another CPU rounds differently: other SIMD widths and thread counts change the order in which
 sums are accumulated, and training amplifies those last-bit differences. The same can be caused
@@ -9,13 +9,13 @@ on one machine. Each PERTURBATION sets environment variables that change the sum
 (the thread count; PyTorch's vectorised kernels via ATEN_CPU_CAPABILITY and oneDNN's via
 ONEDNN_MAX_CPU_ISA, as on a CPU without AVX-512, or without SIMD at all). For each, the committed
 working tree is copied to a temporary folder and `dvc repro` runs there from scratch; then the
-checked metrics (`seqmtl.check.CHECKED`) of every run are compared.
+checked metrics (`seqmtl.tools.check.CHECKED`) of every run are compared.
 
 results/tolerances/tolerance.json gets, per checked metric (`<file>:<key>`), the value of each
 run, the spread (max - min) and the tolerance = max(margin x spread, 1e-6), which the
 reproduction check uses; a metric that is not a number (a verdict) is "stable" when every run
 gave the same value, else "varies" (then shown, never compared). The gradient statistics are
-recorded too, with their spread as log10(max / min), but not compared (see `seqmtl.check`).
+recorded too, with their spread as log10(max / min), but not compared (see `seqmtl.tools.check`).
 
 `-S` sets params in the copies as `dvc exp run -S` does (e.g. the real-data profile) and
 `--target` reproduces only those stages and what they depend on; either measures something other
@@ -37,10 +37,10 @@ from typing import Any
 import torch
 import yaml
 
-from seqmtl.check import GRADIENTS, checked_metrics, dvc
 from seqmtl.config import CONF, compose
 from seqmtl.files import write_json
 from seqmtl.runtime import machine
+from seqmtl.tools.check import GRADIENTS, checked_metrics, dvc
 
 PERTURBATIONS: dict[str, dict[str, str]] = {
     "native": {},

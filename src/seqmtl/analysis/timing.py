@@ -1,6 +1,6 @@
 """Timing that survives a noisy machine: interleaved rounds, medians and percentiles, ratios.
 
-Used by the benchmark (`seqmtl.bench`) and by the evaluate stage's inference figures.
+Used by the benchmark (`seqmtl.tools.bench`) and by the evaluate stage's inference figures.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from seqmtl.backbones import Backbone
-from seqmtl.inference import for_inference
+from seqmtl.models.backbones import Backbone
+from seqmtl.models.inference import for_inference
 
 
 def interleaved(

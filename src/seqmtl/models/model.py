@@ -10,8 +10,7 @@ is (B, N, 4 + 1 + C_det) over the N locations of the three levels (`detection.py
 
 from __future__ import annotations
 
-import contextlib
-import math
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -21,11 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from seqmtl.backbones import Backbone, build_backbone
-from seqmtl.config import Model
-from seqmtl.data import TASKS
-
-DET_PRIOR = 0.01
+from seqmtl.config import TASKS, Model
+from seqmtl.models.backbones import Backbone, build_backbone
+from seqmtl.tasks.registry import REGISTRY
 
 
 class Trunk(nn.Module):
@@ -77,7 +74,8 @@ class Head(nn.Module):
 
 
 class UnifiedModel(nn.Module):
-    """One trunk and one head for segmentation, detection and classification.
+    """One trunk and one head for every task (`seqmtl.tasks.registry.REGISTRY`: its channels and
+    output).
 
     Its weights and activations are in the channels_last memory format (inputs are converted):
     oneDNN's CPU convolutions, the depthwise ones above all, run faster in it, forward and
@@ -96,14 +94,14 @@ class UnifiedModel(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = dict(num_classes)
-        self.splits = [num_classes["seg"], 5 + num_classes["det"], num_classes["cls"]]
+        self.splits = {t: REGISTRY[t].channels(self.num_classes[t]) for t in TASKS}
+        ends = dict(zip(self.splits, itertools.accumulate(self.splits.values()), strict=True))
+        self.slices = {t: slice(ends[t] - size, ends[t]) for t, size in self.splits.items()}
         self.trunk = Trunk(backbone, pretrained, channels, batchnorm)
-        self.head = Head(channels, sum(self.splits), head_layers)
-        # Detection centerness and class logits start at the prior probability 0.01 (as in
-        # RetinaNet and FCOS), so the focal loss does not begin by shouting at every location.
-        self.det_channels = slice(self.splits[0], self.splits[0] + self.splits[1])
-        scores = slice(self.splits[0] + 4, self.splits[0] + self.splits[1])
-        nn.init.constant_(self.head.out.bias[scores], -math.log((1 - DET_PRIOR) / DET_PRIOR))
+        self.head = Head(channels, sum(self.splits.values()), head_layers)
+        with torch.no_grad():
+            for task, channels_of_task in self.slices.items():
+                REGISTRY[task].init_bias(self.head.out.bias[channels_of_task])
         self.to(memory_format=torch.channels_last)
 
     def zero_task_output(self, task: str) -> None:
@@ -112,10 +110,8 @@ class UnifiedModel(nn.Module):
         trunk's features are far larger than a fresh one's, and random output weights on them
         start the task far from its prior, with a loss and gradient spike that rewrites the
         shared layers (see docs/measurements.md, "Starting a new task")."""
-        index = TASKS.index(task)
-        start = sum(self.splits[:index])
         with torch.no_grad():
-            self.head.out.weight[start : start + self.splits[index]] = 0.0
+            self.head.out.weight[self.slices[task]] = 0.0
 
     def shared_layer(self) -> nn.Module:
         """The last layer all tasks share before their channels part (GradNorm's W)."""
@@ -126,13 +122,13 @@ class UnifiedModel(nn.Module):
         models with a trunk per task use it to skip the others)."""
         x = x.contiguous(memory_format=torch.channels_last)
         p3, *coarser = self.trunk(x)
-        seg, det, cls = self.head(fuse([p3, *coarser])).split(self.splits, dim=1)
-        det = [det] + [self.head(level, self.det_channels) for level in coarser]
-        return {
-            "seg": seg,
-            "det": torch.cat([d.flatten(2) for d in det], 2).transpose(1, 2),
-            "cls": cls.mean((2, 3)),
-        }
+        fused = self.head(fuse([p3, *coarser])).split(list(self.splits.values()), dim=1)
+        outputs = {}
+        for (task, own), part in zip(self.slices.items(), fused, strict=True):
+            spec = REGISTRY[task]
+            maps = [part] + [self.head(level, own) for level in coarser] if spec.levels else [part]
+            outputs[task] = spec.output(maps)
+        return outputs
 
 
 class IndependentModel(nn.Module):
@@ -211,17 +207,6 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     for name in arch.get("frozen", []):
         model.get_submodule(name).requires_grad_(False)
     return model
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """`model` in eval mode inside the block, back in the mode it had after it."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def shared_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

@@ -1,0 +1,1 @@
+"""The model: backbones, the one-head model (model), and its inference copy (inference)."""
