@@ -255,3 +255,23 @@ def test_command_writes_table_json_and_plot(
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit, match="no finished run matches"):
         main()
+
+
+def test_a_composition_named_by_its_runs_is_compared_as_itself() -> None:
+    """Runs of a strategy that no preset has (`-S strategy.name=ewc_replay` with its parts) are
+    grouped under their name when their other params are the default's; the others' still need
+    their preset's composition."""
+    show = exp_show()
+    composed = compose(["strategy=ewc", "strategy/terms=[replay,ewc]", "strategy.name=ewc_replay"])
+    for exp in show[1]["experiments"]:
+        params = exp["revs"][0]["data"]["params"]["params.yaml"]["data"]
+        if params["strategy"] == "lwf":
+            params["strategy"] = composed["strategy"]
+
+    def known(strategy: str) -> dict | None:
+        return base(strategy) if strategy != "ewc_replay" else None
+
+    chosen = select(read_runs(show), known, {})
+    names = {r["params"]["strategy"]["name"] for r in chosen}
+    assert names == {"naive", "replay", "ewc_replay"}
+    assert len([r for r in chosen if r["params"]["strategy"]["name"] == "ewc_replay"]) == 3

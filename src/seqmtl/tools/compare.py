@@ -121,15 +121,23 @@ def current(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def select(
-    runs: list[Run], base: Callable[[str], dict[str, Any]], fixed: dict[str, Any]
+    runs: list[Run], base: Callable[[str], dict[str, Any] | None], fixed: dict[str, Any]
 ) -> list[Run]:
     """Runs equal to `base(their strategy's name)` except for VARIED and `fixed` (which they must
     match; a `strategy.KEY` binds only the runs whose strategy has KEY), one per (strategy,
-    seed): the first listed with its own training time of stages 2 and 3, else the first."""
+    seed): the first listed with its own training time of stages 2 and 3, else the first. A run
+    whose strategy's name is no preset's (`base` gives None: a composition named by its runs,
+    `-S strategy.name=…`) is compared with the naive preset's params outside its strategy."""
     chosen: dict[tuple[str, int], Run] = {}
     for run in runs:
         flat = flatten(run["params"])
-        base_flat = flatten(base(flat["strategy.name"]))
+        reference = base(flat["strategy.name"])
+        if reference is None:
+            own = {k: v for k, v in flat.items() if k.startswith("strategy.")}
+            rest = flatten(base("naive")).items()
+            base_flat = {k: v for k, v in rest if not k.startswith("strategy.")} | own
+        else:
+            base_flat = flatten(reference)
         binding = {k for k in fixed if not k.startswith("strategy.") or k in flat}
         keys = set(base_flat) | set(flat)
         if any(flat.get(k) != fixed[k] for k in binding) or any(
@@ -453,7 +461,9 @@ def main() -> None:
     profile = [item for item in args.fixed if item.startswith("profile=")]
 
     @cache
-    def base(strategy: str) -> dict[str, Any]:
+    def base(strategy: str) -> dict[str, Any] | None:
+        if strategy not in presets():
+            return None
         try:
             return compose([*profile, f"strategy={strategy}"])
         except ValueError as error:
