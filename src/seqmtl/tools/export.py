@@ -15,6 +15,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 from dvc.api import DVCFileSystem
@@ -37,6 +38,12 @@ def export(rev: str, name: str, root: Path = Path(".")) -> Path:
         raise FileNotFoundError(
             f"{rev!r}: no such experiment or revision, or no metrics/eval.json in it"
         )
+    behind = stale(yaml.safe_load(fs.read_text("dvc.lock")))
+    if "evaluate" in behind:
+        raise ValueError(
+            f"{rev!r}: {', '.join(behind)} did not run after the stages they read (a run of part "
+            "of the pipeline): its eval.json is not this run's; export a run of the whole pipeline"
+        )
     kept = root / "results" / name
     with tempfile.TemporaryDirectory() as tmp, atomic_dir(kept) as out:
         fs.get_file("params.yaml", str(out / "params.yaml"))
@@ -56,6 +63,18 @@ def export(rev: str, name: str, root: Path = Path(".")) -> Path:
     return kept / "report.md"
 
 
+def stale(lock: dict[str, Any]) -> list[str]:
+    """The stages of a dvc.lock that read an output at other bytes than the stage that writes it
+    last wrote (by md5): they did not run after it, so their outputs are an earlier run's."""
+    written = {o["path"]: o.get("md5") for s in lock["stages"].values() for o in s.get("outs", [])}
+    return sorted(
+        name
+        for name, stage in lock["stages"].items()
+        if any(d["path"] in written and d.get("md5") != written[d["path"]]
+               for d in stage.get("deps", []))
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("exp", help="a DVC experiment's name or a git revision")
@@ -63,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         print(export(args.exp, args.name))
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"export: {error}") from None
 
 
