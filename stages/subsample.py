@@ -12,7 +12,13 @@ def main() -> None:
     params = load_config("subsample")
     cfg = params.subsample
     stats = subsample(
-        Path("data/raw"), Path("data/mini"), params.seed, cfg.n_train, cfg.n_val, cfg.det_classes
+        Path("data/raw"),
+        Path("data/mini"),
+        params.seed,
+        cfg.n_train,
+        cfg.n_val,
+        cfg.det_classes,
+        cfg.val_seed,
     )
     write_json(Path("metrics/data.json"), stats)
 

@@ -38,6 +38,25 @@ def test_counts(real_mini: tuple[Path, dict]) -> None:
     }
 
 
+def test_learning_curve_splits(real_mini: tuple[Path, dict], tmp_path: Path) -> None:
+    """The detection learning curve's data (val_seed): one val set of 200 of COCO's 600 eligible
+    images for 120 and for 400 (all the rest) training images, disjoint from both."""
+    raw = real_mini[0].parent / "raw"
+    splits = {}
+    for n_train in (120, 400):
+        stats = subsample(raw, tmp_path / str(n_train), 1, n_train, 200, 10, val_seed=0)
+        assert {s: stats["det"][s]["images"] for s in ("train", "val")} == {
+            "train": n_train,
+            "val": 200,
+        }
+        splits[n_train] = {
+            s: {p.name for p in (tmp_path / str(n_train) / "det" / s).iterdir()}
+            for s in ("train", "val")
+        }
+    assert splits[120]["val"] == splits[400]["val"]
+    assert not splits[400]["train"] & splits[400]["val"]
+
+
 def test_detection_classes_are_the_most_frequent_and_on_both_sides(
     real_mini: tuple[Path, dict],
 ) -> None:

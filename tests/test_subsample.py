@@ -57,6 +57,38 @@ def test_splits_are_disjoint_and_counted(tiny_raw: Path, tmp_path: Path) -> None
     assert sum(stats["cls"]["train"]["images_per_class"].values()) == 8
 
 
+def split_files(mini: Path) -> dict[str, set[str]]:
+    """The images of each task and split of a mini layout, as '<task>/<split>' -> names."""
+    seg = mini / "seg/ImageSets/Segmentation"
+    files = {f"seg/{s}": set((seg / f"{s}.txt").read_text().split()) for s in ("train", "val")}
+    for s in ("train", "val"):
+        files[f"det/{s}"] = {p.name for p in (mini / "det" / s).iterdir()}
+        files[f"cls/{s}"] = {p.name for p in (mini / "cls" / s).rglob("*.JPEG")}
+    return files
+
+
+def test_val_seed_fixes_the_val_sets_across_seeds_and_train_sizes(
+    tiny_raw: Path, tmp_path: Path
+) -> None:
+    runs = {
+        (seed, n_train): split_files_of(tiny_raw, tmp_path / f"m{seed}_{n_train}", seed, n_train)
+        for seed, n_train in ((0, 4), (0, 8), (1, 8))
+    }
+    for task in ("seg", "det", "cls"):
+        vals = [files[f"{task}/val"] for files in runs.values()]
+        assert all(v == vals[0] for v in vals), task
+        for (_, n_train), files in runs.items():
+            assert len(files[f"{task}/train"]) == n_train and not files[f"{task}/train"] & vals[0]
+    assert len(runs[0, 8]["seg/val"]) == len(runs[0, 8]["cls/val"]) == 4
+    assert runs[0, 8]["det/train"] != runs[1, 8]["det/train"]
+
+
+def split_files_of(raw: Path, mini: Path, seed: int, n_train: int) -> dict[str, set[str]]:
+    """The split files of `subsample` with 4 val images drawn with val_seed 7."""
+    subsample(raw, mini, seed, n_train, 4, CLASSES, val_seed=7)
+    return split_files(mini)
+
+
 def test_seg_histogram_counts_images_per_class(tiny_raw: Path, tmp_path: Path) -> None:
     stats = subsample(tiny_raw, tmp_path / "m", 0, 8, 4, CLASSES)
     voc = tmp_path / "m/seg"

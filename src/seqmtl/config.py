@@ -126,6 +126,7 @@ class Subsample(Section):
     n_train: int = positive()
     n_val: int = positive()
     det_classes: int | list[str]  # the N categories in the most images, or their names
+    val_seed: int | None  # draws the val sets alone, fixed across seed and n_train (or null)
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,19 @@ def _take(rng: np.random.Generator, items: list, n: int, what: str) -> list:
     return [items[i] for i in sorted(rng.choice(len(items), size=n, replace=False))]
 
 
-def subsample_seg(src: Path, dst: Path, rng: np.random.Generator, n_train: int, n_val: int) -> dict:
-    """Copy n_train / n_val VOC images with their masks; return counts and images per class."""
+def subsample_seg(
+    src: Path,
+    dst: Path,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+    n_train: int,
+    n_val: int,
+) -> dict:
+    """Copy n_train / n_val VOC images (drawn with rngs[0] / rngs[1]) with their masks; return
+    counts and images per class."""
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (dst / sub).mkdir(parents=True)
     stats = {}
-    for split, n in (("train", n_train), ("val", n_val)):
+    for split, n, rng in (("train", n_train, rngs[0]), ("val", n_val, rngs[1])):
         ids = _take(rng, sorted(read_split_list(src, split)), n, f"seg {split}")
         histogram: Counter = Counter()
         for name in ids:
@@ -114,14 +121,18 @@ def stratified_split(
 def subsample_det(
     src: Path,
     dst: Path,
-    rng: np.random.Generator,
+    rngs: tuple[np.random.Generator, np.random.Generator],
     n_train: int,
     n_val: int,
     classes: int | list[str],
 ) -> dict:
     """Split COCO val2017 images holding >= 1 object of the kept classes (`detection_classes`)
-    into mini train / val: a seeded draw of n_train + n_val eligible images, split by
-    `stratified_split` in the ratio n_val / (n_train + n_val)."""
+    into mini train / val.
+
+    With one generator (rngs[0] is rngs[1]): a draw of n_train + n_val eligible images, split by
+    `stratified_split` in the ratio n_val / (n_train + n_val). With two: val is first split off
+    all eligible images by `stratified_split` with rngs[1], then train drawn from the rest with
+    rngs[0], so the val set does not depend on n_train."""
     coco = load_coco(src / "annotations" / "instances_val2017.json")
     categories = detection_classes(coco, classes, src)
     keep = {c["id"] for c in categories}
@@ -130,8 +141,13 @@ def subsample_det(
     for a in annotations:
         if not a.get("iscrowd", 0):
             held.setdefault(a["image_id"], set()).add(a["category_id"])
-    chosen = _take(rng, sorted(held), n_train + n_val, "det train+val")
-    splits = stratified_split(rng, {i: held[i] for i in chosen}, n_val / (n_train + n_val))
+    if rngs[0] is rngs[1]:
+        chosen = _take(rngs[0], sorted(held), n_train + n_val, "det train+val")
+        splits = stratified_split(rngs[0], {i: held[i] for i in chosen}, n_val / (n_train + n_val))
+    else:
+        n_val = min(n_val, len(held) - 1)
+        rest, val = stratified_split(rngs[1], held, n_val / len(held))
+        splits = _take(rngs[0], rest, n_train, "det train"), val
     images = {i["id"]: i for i in coco["images"]}
     (dst / "annotations").mkdir(parents=True)
     stats = {}
@@ -160,13 +176,20 @@ def subsample_det(
     return stats
 
 
-def subsample_cls(src: Path, dst: Path, rng: np.random.Generator, n_train: int, n_val: int) -> dict:
-    """Class-balanced selection of n_train / n_val images from the Imagenette class folders.
+def subsample_cls(
+    src: Path,
+    dst: Path,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+    n_train: int,
+    n_val: int,
+) -> dict:
+    """Class-balanced selection of n_train / n_val images (drawn with rngs[0] / rngs[1]) from the
+    Imagenette class folders.
 
     A class left without images in a split gets no folder there: an empty folder would not
     survive a round trip through DVC's cache."""
     stats = {}
-    for split, n in (("train", n_train), ("val", n_val)):
+    for split, n, rng in (("train", n_train, rngs[0]), ("val", n_val, rngs[1])):
         folders = class_folders(src / split)
         histogram = {}
         for k, folder in enumerate(folders):
@@ -181,22 +204,47 @@ def subsample_cls(src: Path, dst: Path, rng: np.random.Generator, n_train: int, 
     return stats
 
 
+def _streams(seed: int, first: int = 0) -> list[np.random.Generator]:
+    """One generator per task (seg, det, cls): `seed`'s spawned streams first to first + 2."""
+    children = np.random.SeedSequence(seed).spawn(first + 3)[first:]
+    return [np.random.default_rng(s) for s in children]
+
+
 def subsample(
-    raw: Path, mini: Path, seed: int, n_train: int, n_val: int, det_classes: int | list[str]
+    raw: Path,
+    mini: Path,
+    seed: int,
+    n_train: int,
+    n_val: int,
+    det_classes: int | list[str],
+    val_seed: int | None = None,
 ) -> dict:
-    """Write the three mini datasets under `mini` atomically; return the statistics."""
+    """Write the three mini datasets under `mini` atomically; return the statistics.
+
+    Without `val_seed`, each task draws train then val from one stream of `seed`. With it, the
+    val sets are drawn first from streams of `val_seed` alone, so they stay the same for every
+    seed and n_train (a learning curve's fixed val set), and train from the rest with `seed`."""
     if n_train <= 0 or n_val <= 0:
         raise ValueError(f"subsample.n_train / n_val must be positive, got {n_train} / {n_val}")
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)]
+    train = _streams(seed)
+    val = train if val_seed is None else _streams(val_seed, first=3)
     with atomic_dir(mini) as tmp:
         return {
             "seg": subsample_seg(
-                raw / "voc" / "VOCdevkit" / "VOC2012", tmp / "seg", streams[0], n_train, n_val
+                raw / "voc" / "VOCdevkit" / "VOC2012",
+                tmp / "seg",
+                (train[0], val[0]),
+                n_train,
+                n_val,
             ),
             "det": subsample_det(
-                raw / "coco", tmp / "det", streams[1], n_train, n_val, det_classes
+                raw / "coco", tmp / "det", (train[1], val[1]), n_train, n_val, det_classes
             ),
             "cls": subsample_cls(
-                raw / "imagenette" / "imagenette2-160", tmp / "cls", streams[2], n_train, n_val
+                raw / "imagenette" / "imagenette2-160",
+                tmp / "cls",
+                (train[2], val[2]),
+                n_train,
+                n_val,
             ),
         }
