@@ -1,14 +1,18 @@
 """Stage evaluate: forgetting matrix, drops and verdicts, efficiency, figures and the report.
 
-Reads metrics/stage{1,2,3}.json and *_time.json, the single-task references (metrics/reference_*),
-every final evaluation's per-image statistics (data/val/*.json: the drops' bootstrap intervals),
-the per-epoch CSVs under plots/, the final checkpoint and the earlier stages' checkpoints (whose
-BatchNorm statistics the old tasks are scored with once more). Writes metrics/eval.json
-(deterministic), metrics/efficiency.json (timings and memory), plots/evaluate/*.png and
-metrics/report.md.
+Reads, by stage name (stage1-3, reference_<task>): the final metrics and *_time.json under
+--metrics, every final evaluation's per-image statistics under --per-image (the drops' bootstrap
+intervals), the per-epoch CSVs under --plots, the final checkpoint and the earlier stages'
+checkpoints under --checkpoints (whose BatchNorm statistics the old tasks are scored with once
+more). Writes --eval (deterministic), --efficiency (timings and memory), the figures into
+--figures and --report.
+
+Usage: python stages/evaluate.py --mini DIR --checkpoints DIR --per-image DIR --metrics DIR
+       --plots DIR --eval JSON --efficiency JSON --report MD --figures DIR
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,29 +44,33 @@ from seqmtl.files import write_json
 from seqmtl.runtime import resolve_device
 from seqmtl.tasks.registry import build_tasks
 from seqmtl.training.checkpoints import load_checkpoint
-from seqmtl.training.stage import run
-
-METRICS = Path("metrics")
-CHECKPOINTS = Path("data/checkpoints")
-VAL = Path("data/val")
-REPORT = METRICS / "report.md"
+from seqmtl.training.stage import parse_paths, run
 
 
-def read(name: str) -> dict[str, Any]:
-    return json.loads((METRICS / f"{name}.json").read_text())
+@dataclass(frozen=True)
+class Paths:
+    mini: Path
+    checkpoints: Path
+    per_image: Path
+    metrics: Path
+    plots: Path
+    eval: Path
+    efficiency: Path
+    report: Path
+    figures: Path
 
 
 def intervals(
-    names: list[str], order: list[str], mini: Path, cfg: Evaluate, seed: int
+    names: list[str], order: list[str], per_image_folder: Path, mini: Path, cfg: Evaluate, seed: int
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Per task, the bootstrap intervals of its relative drop from its baseline (the end of its
     own stage) and from its single-task reference to the end of the sequence; the same seeded
     resamples of its val images score all three models. `order`: the tasks of the stages
-    `names`, in order."""
+    `names`, in order; their per-image statistics are `per_image_folder`/<name>.json."""
     boot = cfg.bootstrap
     references = {order[0]: names[0]} | {t: f"reference_{t}" for t in order[1:]}
     per_image = {
-        name: json.loads((VAL / f"{name}.json").read_text())
+        name: json.loads((per_image_folder / f"{name}.json").read_text())
         for name in [*names, *references.values()]
     }
     result = {}
@@ -81,19 +89,24 @@ def intervals(
 
 
 def main() -> None:
+    paths, _ = parse_paths(Paths, __doc__)
     params = load_config("evaluate")
     cfg = params.evaluate
     order = params.sequence
     names = [f"stage{s}" for s in range(1, len(order) + 1)]
+
+    def read(name: str) -> dict[str, Any]:
+        return json.loads((paths.metrics / f"{name}.json").read_text())
+
     stages = [read(name) for name in names]
     references = {order[0]: stages[0]} | {t: read(f"reference_{t}") for t in order[1:]}
-    mini, device = Path("data/mini"), resolve_device(params.device)
-    model, _ = load_checkpoint(CHECKPOINTS / f"{names[-1]}.pt")
+    mini, device = paths.mini, resolve_device(params.device)
+    model, _ = load_checkpoint(paths.checkpoints / f"{names[-1]}.pt")
     model.to(device)
     evaluation = evaluate_sequence(
         stages,
         references,
-        intervals(names, order, mini, cfg, params.seed),
+        intervals(names, order, paths.per_image, mini, cfg, params.seed),
         cfg.max_drop,
         cfg.chance_margin,
         count_parameters(model),
@@ -109,7 +122,9 @@ def main() -> None:
 
     own = {
         task: running_statistics(
-            torch.load(CHECKPOINTS / f"{name}.pt", map_location="cpu", weights_only=True)["model"]
+            torch.load(paths.checkpoints / f"{name}.pt", map_location="cpu", weights_only=True)[
+                "model"
+            ]
         )
         for task, name in zip(order[:-1], names, strict=False)
     }
@@ -119,14 +134,14 @@ def main() -> None:
     }
     inference = inference_efficiency(model, device, cfg.latency.image_size, cfg.latency.rounds)
     efficiency = efficiency_summary(
-        {name: read_timing(METRICS, name) for name in names},
-        {t: read_timing(METRICS, f"reference_{t}") for t in order[1:]},
+        {name: read_timing(paths.metrics, name) for name in names},
+        {t: read_timing(paths.metrics, f"reference_{t}") for t in order[1:]},
         inference,
     )
-    write_json(METRICS / "eval.json", evaluation)
-    write_json(METRICS / "efficiency.json", efficiency)
-    figures = write_figures(Path("plots"), Path("plots/evaluate"), evaluation)
-    write_report(REPORT, evaluation, efficiency, figures)
+    write_json(paths.eval, evaluation)
+    write_json(paths.efficiency, efficiency)
+    figures = write_figures(paths.plots, paths.figures, evaluation)
+    write_report(paths.report, evaluation, efficiency, figures)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ mirror, commands run in a copy of the project."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from seqmtl.config import Config, compose, declared, parse
+from seqmtl.config import Config, compose, declared, parse, templated
 from seqmtl.data.subsample import subsample
 from seqmtl.data.synthetic import COCO_FIRST_TEN, generate
 from seqmtl.tools.check import stages_run
@@ -37,6 +38,15 @@ def run(repo: Path, *args: str) -> str:
     result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
+
+
+def stage_command(name: str, params: dict) -> list[str]:
+    """Stage `name`'s command as dvc.yaml gives it (templates resolved with `params`), run with
+    this interpreter on the repository's script; relative paths as dvc repro would use them."""
+    cmd = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][name]["cmd"]
+    python, script, *args = shlex.split(templated(cmd, params))
+    assert python == "python", cmd
+    return [sys.executable, str(REPO / script), *args]
 
 
 def tiny_params(*overrides: str, **change: object) -> dict:

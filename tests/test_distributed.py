@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,8 @@ import torch
 import yaml
 from torch.utils.data import DistributedSampler
 
-from conftest import REPO, tiny_params
-from seqmtl.data.datasets import TASKS, build_dataset
+from conftest import REPO, stage_command, tiny_params
+from seqmtl.data.datasets import build_dataset
 
 TOLERANCE = json.loads((REPO / "results" / "tolerances" / "tolerance.json").read_text())["metrics"]
 
@@ -21,15 +20,16 @@ TOLERANCE = json.loads((REPO / "results" / "tolerances" / "tolerance.json").read
 def stage(
     root: Path, mini: Path, number: int, *overrides: str, **change: object
 ) -> subprocess.CompletedProcess:
-    """Stage `number` of the default order in `root` (`python stages/train.py seg det …`; params:
+    """Stage `number` of the default order in `root`, as dvc.yaml runs it (params:
     `tiny_params(*overrides, **change)`)."""
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(*overrides, **change)))
+    params = tiny_params(*overrides, **change)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
     (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     (root / "data").mkdir(exist_ok=True)
     if not (root / "data" / "mini").exists():
         (root / "data" / "mini").symlink_to(mini)
     return subprocess.run(
-        [sys.executable, str(REPO / "stages" / "train.py"), *TASKS[:number]],
+        stage_command(f"stage{number}", params),
         cwd=root, capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
 

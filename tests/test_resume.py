@@ -4,15 +4,13 @@ the bytes of an uninterrupted run."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, tiny_params
-from seqmtl.data.datasets import TASKS
+from conftest import REPO, stage_command, tiny_params
 from seqmtl.training import resume
 from seqmtl.training.resume import fingerprint
 
@@ -37,9 +35,10 @@ def project(root: Path, mini: Path, strategy: str) -> None:
 
 
 def stage(root: Path, number: int) -> subprocess.Popen:
-    """Stage `number` of the default order (`python stages/train.py seg det …`) in `root`."""
+    """Stage `number` of the default order in `root`, as dvc.yaml runs it."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
     return subprocess.Popen(
-        [sys.executable, str(REPO / "stages" / "train.py"), *TASKS[:number]],
+        stage_command(f"stage{number}", params),
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

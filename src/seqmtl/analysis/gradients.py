@@ -316,7 +316,9 @@ def _round(x: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class GradientPaths:
-    """Where the gradients stage reads and writes."""
+    """Where the gradients stage reads and writes: `snapshots` are the stages' snapshot folders
+    in stage order (each folder's epoch_*.pt in name order); `histories` the strategy logs
+    (strategy.csv) of the stages that may write one, read where present."""
 
     mini: Path
     snapshots: list[Path]
@@ -326,7 +328,7 @@ class GradientPaths:
 
 
 def analyse_gradients(params: Config, paths: GradientPaths) -> dict[str, Any]:
-    """Analyse every snapshot of `paths.snapshots` (in stage order) on every task it has seen;
+    """Analyse every snapshot under `paths.snapshots` (in stage order) on every task it has seen;
     write the numbers to `paths.metrics` and the figures under `paths.plots`."""
     from seqmtl.analysis import gradient_figures as figures  # it imports these estimators
 
@@ -338,7 +340,7 @@ def analyse_gradients(params: Config, paths: GradientPaths) -> dict[str, Any]:
     snapshots: dict[str, dict[str, Any]] = {}
     directions: dict[str, dict[str, Tensor]] = {}
     errors: list[float] = []
-    for path in paths.snapshots:
+    for path in [p for folder in paths.snapshots for p in sorted(folder.glob("epoch_*.pt"))]:
         model, checkpoint = load_checkpoint(path)
         model.eval().requires_grad_(True)  # a strategy may have frozen some parameters
         shared = shared_parameter_groups(model)
