@@ -53,7 +53,7 @@ def test_bad_overrides_name_themselves(override: str, message: str) -> None:
 def test_every_preset_builds_under_its_name() -> None:
     names = presets(CONF)
     assert {"naive", "replay", "derpp", "derpp_frozen", "ewc", "lwf", "gradnorm", "pcgrad",
-            "uncertainty", "cumulative", "independent"} == set(names)  # fmt: skip
+            "uncertainty", "cumulative", "independent", "l2sp"} == set(names)  # fmt: skip
     for name in names:
         params = parse(compose([f"strategy={name}"], CONF))
         assert build_strategy(params.strategy, params.replay_buffer).name == name

@@ -36,6 +36,7 @@ SMALL = {
 }  # fmt: skip
 
 
+PRETRAINED = {"model": {"backbone": "efficientnet_lite0", "pretrained": True}}
 ONE_SAMPLE = {"per_task": 1, "batch_size": 1, "weight": 1.0}
 
 
@@ -331,6 +332,34 @@ def test_ewc_penalty_is_zero_at_anchor_and_its_gradient_is_2_lambda_f_delta(
         torch.testing.assert_close(p.grad, expected)
 
 
+def test_l2sp_pulls_the_backbone_to_its_pretrained_weights(tiny_mini: Path) -> None:
+    """Zero at the pretrained weights, gradient alpha·(w - w⁰) on the backbone and none elsewhere,
+    and nothing to anchor once the backbone is frozen."""
+    counts = {task: len(names) for task, names in class_names(tiny_mini).items()}
+    model = UnifiedModel(counts, "efficientnet_lite0", True, 16, 2)
+    pretrained = {n: p.detach().clone() for n, p in model.trunk.backbone.named_parameters()}
+    strategy = make_strategy("strategy=l2sp", "strategy.terms.l2sp.alpha=2.0")
+    ctx = context(model, tiny_mini, "det", ["seg"])
+    strategy.before_stage(ctx)
+    l2sp = strategy.terms[0]
+
+    def penalty() -> Tensor:
+        return l2sp.losses(ctx, torch.zeros(0), {})["l2sp"]["penalty"]
+
+    assert penalty().item() == 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    model.zero_grad()
+    penalty().backward()
+    for name, p in model.trunk.backbone.named_parameters():
+        torch.testing.assert_close(p.grad, 2.0 * (p.detach() - pretrained[name]))
+    assert all(p.grad is None for p in model.trunk.neck.parameters())
+    model.trunk.backbone.requires_grad_(False)
+    strategy.before_stage(ctx)
+    assert l2sp.anchor == {} and penalty().item() == 0.0
+
+
 def test_ewc_accumulates_fishers_online(tiny_mini: Path) -> None:
     model = small_model(tiny_mini)
     strategy = make_strategy("strategy=ewc", "strategy.terms.ewc.gamma=0.5")
@@ -509,6 +538,10 @@ def test_every_strategy_runs_stages_2_and_3(
 ) -> None:
     params = small_params(f"strategy={name}")
     previous = stage1
+    if name == "l2sp":  # it anchors the backbone to its ImageNet weights: lite0's ship offline
+        params = small_params(f"strategy={name}", **PRETRAINED)
+        previous = tmp_path / "stage1.pt"
+        train_stage(1, params, stage_paths(tmp_path, tiny_mini, 1, None))
     for stage in (2, 3):
         paths = stage_paths(tmp_path, tiny_mini, stage, previous)
         metrics = train_stage(stage, params, paths)

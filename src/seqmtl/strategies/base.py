@@ -2,7 +2,7 @@
 
 A strategy is params.yaml's `strategy` section (presets: conf/strategy/<name>.yaml), three parts:
 - `terms`: any number of loss terms added to the new task's loss, applied in the order listed
-  (`seqmtl.strategies.terms`, one module each: replay, derpp, ewc, lwf, cumulative);
+  (`seqmtl.strategies.terms`, one module each: replay, derpp, ewc, lwf, cumulative, l2sp);
 - `rule`: exactly one gradient rule turning the losses into the update's gradient and stepping
   with the model's update (`seqmtl.strategies.rules`: sum, gradnorm, pcgrad, uncertainty);
 - the model policy: which parts are frozen from which stage, one shared trunk or one per task
