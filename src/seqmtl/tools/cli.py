@@ -13,6 +13,7 @@ TOOLS = {
     "tolerance": "measure the reproduction tolerances under perturbed rounding",
     "bench": "inference and training speed, timed interleaved",
     "export": "keep one experiment's results under results/NAME/",
+    "curve": "the detection reference's learning curve, from DVC experiments",
 }
 
 
