@@ -5,7 +5,7 @@
 # make tolerance: measure the reproduction tolerances under perturbed rounding (PROFILE, SET,
 #   TARGETS (stages) and OUT measure other params or stages, RUNS picks the perturbations, e.g.
 #   PROFILE=real MIRROR=folder TARGETS=reference3 OUT=results/tolerances/tolerance_real.json).
-# make sweep: every strategy x seed as DVC experiments (docs/measurements.md, "Sweeps"), then the comparison.
+# make sweep: every strategy x seed as DVC experiments (docs/strategies.md, "Sweeps"), then the comparison.
 # make real MIRROR=folder: one experiment with the real-data profile (conf/profile/real.yaml).
 # make full GPUS=N: one experiment with the full-size profile on a GPU machine (N processes).
 # make compare: the comparison of finished experiments (NAME, PROFILE, REV as for make sweep).

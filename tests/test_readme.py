@@ -1,5 +1,5 @@
 """The front door cannot rot: README.md's make targets, `seqmtl` tools, `-S` overrides and links
-all exist, and it stays within 200 lines."""
+(and those of CONTRIBUTING.md and docs/) all exist, and it stays within 200 lines."""
 
 from __future__ import annotations
 
@@ -38,11 +38,20 @@ def test_every_seqmtl_tool_exists() -> None:
     assert used and used <= set(TOOLS), used - set(TOOLS)
 
 
-def test_every_link_points_at_a_file() -> None:
-    links = [link.split("#")[0] for link in re.findall(r"\]\(([^)\s]+)\)", README)]
+@pytest.mark.parametrize(
+    "page",
+    [
+        "README.md",
+        "CONTRIBUTING.md",
+        *(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md")),
+    ],
+)
+def test_every_link_points_at_a_file(page: str) -> None:
+    """The relative links of README, CONTRIBUTING and every docs/ page, from the page's folder."""
+    path = REPO / page
+    links = [link.split("#")[0] for link in re.findall(r"\]\(([^)\s]+)\)", path.read_text())]
     local = [link for link in links if link and "://" not in link]
-    assert local
-    assert [link for link in local if not (REPO / link).exists()] == []
+    assert [link for link in local if not (path.parent / link).exists()] == []
 
 
 def overrides() -> list[list[str]]:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 # The same machine type gives byte-identical metrics; another CPU (other SIMD kernels, other
 # rounding) moves them within the tolerances measured in results/tolerances/tolerance.json
-# (docs/measurements.md, "Reproducibility"), which the check applies by default.
+# (docs/reproducibility.md), which the check applies by default.
 
 
 def test_default_pipeline_reproduces_the_committed_results(tmp_path: Path) -> None:

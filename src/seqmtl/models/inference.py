@@ -4,7 +4,7 @@
 convolution before it (`fold_batchnorm`), whose tensors are in the channels_last memory format,
 and which converts its input to it: oneDNN's CPU convolutions, the depthwise ones above all, run
 faster in that layout, and a folded BatchNorm is one pass less over each activation (measured at
-512 x 512, batch 1, 2 threads: see docs/measurements.md, "Benchmark"). The outputs equal the
+512 x 512, batch 1, 2 threads: see docs/benchmark.md). The outputs equal the
 model's up to float rounding (tests/test_inference.py bounds it). The model itself keeps its
 BatchNorm layers, which training needs.
 """

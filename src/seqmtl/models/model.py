@@ -79,8 +79,7 @@ class UnifiedModel(nn.Module):
 
     Its weights and activations are in the channels_last memory format (inputs are converted):
     oneDNN's CPU convolutions, the depthwise ones above all, run faster in it, forward and
-    backward (a training step at 256 px 1.52 -> 1.14 s on a 2-core AMD EPYC; docs/measurements.md,
-    "Benchmark").
+    backward (a training step at 256 px 1.52 -> 1.14 s on a 2-core AMD EPYC; docs/benchmark.md).
     """
 
     def __init__(
@@ -109,7 +108,7 @@ class UnifiedModel(nn.Module):
         outputs are the prior. For a task that starts on a trunk trained for another: that
         trunk's features are far larger than a fresh one's, and random output weights on them
         start the task far from its prior, with a loss and gradient spike that rewrites the
-        shared layers (see docs/measurements.md, "Starting a new task")."""
+        shared layers (see docs/pipeline.md, "Starting a new task")."""
         with torch.no_grad():
             self.head.out.weight[self.slices[task]] = 0.0
 

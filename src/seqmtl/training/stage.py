@@ -44,7 +44,7 @@ def parse_paths(
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to serve every block from its heap and never hand freed memory back to
     the system, so each training step reuses the pages of the last one instead of mapping,
-    faulting in and zeroing them again (docs/measurements.md, "Benchmark", for what it
+    faulting in and zeroing them again (docs/benchmark.md, for what it
     measured). Returns whether it applied: not on another C library, where nothing changes."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
