@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -17,8 +16,8 @@ VAL = {"images": 200, "boxes": 1100, "boxes_per_class": {"person": 700}}
 
 
 def commit_run(repo: Path, seed: int, n_train: int, map50: float, val_seed: int | None = 0) -> str:
-    """Commit one reference run's files (params, data counts, metrics, timing) to `repo`;
-    returns the commit."""
+    """Commit one reference run's files (params, data counts, metrics) to `repo`; returns the
+    commit."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["seed"] = seed
     params["subsample"].update(n_train=n_train, n_val=200, val_seed=val_seed)
@@ -28,12 +27,7 @@ def commit_run(repo: Path, seed: int, n_train: int, map50: float, val_seed: int 
     data = {"det": {"train": {"images": n_train, "boxes": 5 * n_train}, "val": VAL}}
     (repo / "metrics" / "data.json").write_text(json.dumps(data))
     final = {"det": {metric: map50 / (k + 1) for k, metric in enumerate(METRICS)}}
-    metrics = json.dumps({"final": final}).encode()
-    (repo / "metrics" / "reference_det.json").write_bytes(metrics)
-    timing = {"train_seconds": 10.0 * n_train, "metrics_md5": hashlib.md5(metrics).hexdigest()}
-    if seed == 2:
-        timing["metrics_md5"] = "another run's"
-    (repo / "metrics" / "reference_det_time.json").write_text(json.dumps(timing))
+    (repo / "metrics" / "reference_det.json").write_text(json.dumps({"final": final}))
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     subprocess.run([*git, "add", "."], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", f"s{seed} n{n_train}"], cwd=repo, check=True)
@@ -57,9 +51,6 @@ def test_curve_over_sizes_and_seeds(repo: Path, tmp_path: Path) -> None:
     map50 = curve["by_size"]["240"]["map50"]
     assert map50["n"] == 3 and map50["mean"] == pytest.approx(0.1 + 0.24)
     assert map50["std"] == pytest.approx(0.1)
-    # seed 2's timing file timed another run: its seconds are unknown, so no mean is given
-    assert [r["seconds"] for r in curve["runs"] if r["n_train"] == 120] == [1200.0, 1200.0, None]
-    assert "seconds" not in curve["by_size"]["120"]
     out = tmp_path / "curve.png"
     plot(curve, out)
     assert out.read_bytes()[:4] == b"\x89PNG"

@@ -5,14 +5,13 @@
 Each experiment is one run of the detection reference (`sequence[1]` = det) at one seed and
 one `subsample.n_train`, all with the same `subsample.val_seed` and `n_val` (so one val set) and
 otherwise the same params. Writes, per training-set size, every seed's mAP@.5, AP small / medium
-/ large, person AP@.5 and training seconds, with their mean and std over seeds, to the JSON and
-a figure beside it (the same name, .png). Nothing is trained or evaluated again.
+/ large and person AP@.5, with their mean and std over seeds, to the JSON and a figure beside it
+(the same name, .png). Nothing is trained or evaluated again.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,13 @@ METRICS = ("map50", "map_small", "map_medium", "map_large", "ap50_person")
 
 
 def read_run(rev: str, root: Path = Path(".")) -> dict[str, Any]:
-    """One experiment's params, data counts, detection metrics and training seconds (None when
-    its timing file timed another run: a reference restored from DVC's run cache)."""
+    """One experiment's params, data counts and detection metrics."""
     fs = DVCFileSystem(str(root), rev=rev)
     if not fs.exists("metrics/reference_det.json"):
         raise FileNotFoundError(f"{rev!r}: no such experiment, or no metrics/reference_det.json")
     params = yaml.safe_load(fs.read_text("params.yaml"))
     data = json.loads(fs.read_text("metrics/data.json"))["det"]
-    metrics = fs.read_bytes("metrics/reference_det.json")
-    final = json.loads(metrics)["final"]["det"]
-    timing = json.loads(fs.read_text("metrics/reference_det_time.json"))
-    timed = timing.get("metrics_md5") == hashlib.md5(metrics).hexdigest()
+    final = json.loads(fs.read_text("metrics/reference_det.json"))["final"]["det"]
     return {
         "experiment": rev,
         "params": params,
@@ -46,7 +41,6 @@ def read_run(rev: str, root: Path = Path(".")) -> dict[str, Any]:
         "seed": params["seed"],
         "n_train": data["train"]["images"],
         "train_boxes": data["train"]["boxes"],
-        "seconds": timing["train_seconds"] if timed else None,
         **{metric: final[metric] for metric in METRICS},
     }
 
@@ -91,8 +85,7 @@ def learning_curve(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "by_size": {
             str(n): {
                 metric: mean_std([r[metric] for r in rows if r["n_train"] == n])
-                for metric in (*METRICS, "seconds")
-                if all(r[metric] is not None for r in rows if r["n_train"] == n)
+                for metric in METRICS
             }
             for n in sizes
         },
