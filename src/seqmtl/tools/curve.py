@@ -107,7 +107,8 @@ def plot(curve: dict[str, Any], path: Path) -> None:
             ax.scatter(*zip(*points, strict=True), color=line.get_color(), alpha=0.4, s=12)
         ax.set(xlabel="training images", xticks=sizes, ylim=(0, None))
         ax.legend(fontsize=8)
-    axes[0].set(ylabel=f"on {curve['val']['images']} val images (mean over seeds; dots: seeds)")
+    axes[0].set(ylabel=f"AP@.5 on {curve['val']['images']} val images (mean; dots: seeds)")
+    axes[1].set(ylabel="COCO AP@[.5:.95] by object size")
     fig.tight_layout()
     save_png(fig, path)
 
