@@ -9,7 +9,6 @@ import json
 import re
 import socket
 import subprocess
-import sys
 import tarfile
 import threading
 import zipfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tiny_params
+from conftest import REPO, stage_command, tiny_params
 from seqmtl.data import download
 from seqmtl.data.download import ARCHIVES, Archive, DownloadError, extract, fetch, fetch_all
 
@@ -259,14 +258,13 @@ def test_fetch_all_real_mirror(mirror: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "archives").exists()
 
 
-@pytest.mark.parametrize("stage", ["download.py", "sources.py"])
+@pytest.mark.parametrize("stage", ["download", "sources"])
 def test_a_missing_mirror_fails_with_one_line_and_no_output(tmp_path: Path, stage: str) -> None:
     params = tiny_params(data={"source": "download", "mirror": str(tmp_path / "nowhere")})
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
-    script = REPO / "stages" / stage
     result = subprocess.run(
-        [sys.executable, str(script), "data/sources.json"],
+        stage_command(stage, params),
         cwd=tmp_path,
         capture_output=True,
         text=True,
